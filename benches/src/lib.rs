@@ -1,0 +1,1 @@
+//! Load tools and benchmarks; see RESULTS.md.

@@ -1,0 +1,189 @@
+//! `quintet`: the command line. Thin: each command calls into the libraries.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use kernel::config::Settings;
+use web::server::{bind, process_main, Shutdown};
+use web::{JwtKeys, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "quintet",
+    version,
+    about = "Quintet: an event-sourced CQRS kernel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: write API on 8080, read API on 8081, projections and
+    /// the event stream in-process. Embedded default: SQLite under data_dir, no servers.
+    Up,
+    /// Create the database if needed and run the event-store and read-store migrations.
+    Migrate,
+    /// Mint a JWT from the configured secret and print it.
+    Token {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The token's subject.
+        #[arg(long, default_value = "quintet-cli")]
+        subject: String,
+        /// How long the token is valid, e.g. 15m or 24h (default: security.token_expiry).
+        #[arg(long, value_parser = humantime_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Write both OpenAPI specs into a directory.
+    Openapi {
+        #[arg(long, default_value = "openapi")]
+        dir: PathBuf,
+    },
+    /// Crypto-shred an aggregate id: delete its data keys, purge snapshots, tombstone read models.
+    Forget { aggregate_id: String },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    text.parse()
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    kernel::config::parse_duration(text)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("quintet: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(process_main("quintet", |settings, shutdown| async move {
+        match cli.command {
+            Command::Up => up(settings, shutdown).await,
+            Command::Migrate => migrate(&settings).await,
+            Command::Token { role, subject, ttl } => {
+                let ttl = ttl.unwrap_or(settings.security.token_expiry);
+                let token = JwtKeys::new(&settings.security)
+                    .mint(&subject, role, ttl)
+                    .map_err(|err| err.to_string())?;
+                println!("{token}");
+                Ok(())
+            }
+            Command::Openapi { dir } => openapi(&dir).await,
+            Command::Forget { aggregate_id } => forget(&settings, &aggregate_id).await,
+        }
+    }))
+}
+
+async fn up(settings: Settings, shutdown: Shutdown) -> Result<(), String> {
+    let backends = kernel::wiring::connect_write_side(&settings)
+        .await
+        .map_err(|err| err.to_string())?;
+    let read = kernel::wiring::connect_read_store(&settings)
+        .await
+        .map_err(|err| err.to_string())?;
+    let read_state = read_api::start(&settings, backends.engine.clone(), read, shutdown.clone())
+        .await
+        .map_err(|err| err.to_string())?;
+    let write_listener = bind(&settings.write_api.addr()).map_err(|err| err.to_string())?;
+    let read_listener = bind(&settings.read_api.addr()).map_err(|err| err.to_string())?;
+    tracing::info!(
+        write = %settings.write_api.addr(),
+        read = %settings.read_api.addr(),
+        data_dir = %settings.data_dir.display(),
+        "quintet up: write API, read API, projections and event stream running"
+    );
+    eprintln!(
+        "quintet up: write API http://{0}/docs · read API http://{1}/docs · events ws://{1}/ws · data in {2}",
+        settings.write_api.addr(),
+        settings.read_api.addr(),
+        settings.data_dir.display()
+    );
+    let write = write_api::serve(&settings, &backends, write_listener, shutdown.clone());
+    let read = read_api::serve(&settings, read_state, read_listener, shutdown);
+    let (write, read) = tokio::join!(write, read);
+    write.and(read).map_err(|err| err.to_string())
+}
+
+async fn migrate(settings: &Settings) -> Result<(), String> {
+    kernel::wiring::connect_write_side(settings)
+        .await
+        .map_err(|err| err.to_string())?;
+    kernel::wiring::connect_read_store(settings)
+        .await
+        .map_err(|err| err.to_string())?;
+    println!(
+        "migrations applied ({})",
+        settings.event_store_url_redacted()
+    );
+    Ok(())
+}
+
+async fn forget(settings: &Settings, aggregate_id: &str) -> Result<(), String> {
+    let backends = kernel::wiring::connect_write_side(settings)
+        .await
+        .map_err(|err| err.to_string())?;
+    let forgotten = backends
+        .engine
+        .forget(aggregate_id, "quintet-cli")
+        .await
+        .map_err(|err| err.to_string())?;
+    if forgotten.is_empty() {
+        return Err(format!("no data keys found for `{aggregate_id}`"));
+    }
+    for key_id in forgotten {
+        println!("forgotten: {key_id}");
+    }
+    Ok(())
+}
+
+/// Builds both APIs on a throwaway embedded stack and writes their specs.
+async fn openapi(dir: &std::path::Path) -> Result<(), String> {
+    let specs = quintet_specs().await?;
+    std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    for (file, spec) in specs {
+        let path = dir.join(file);
+        std::fs::write(&path, spec).map_err(|err| format!("{}: {err}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn quintet_specs() -> Result<Vec<(&'static str, String)>, String> {
+    let scratch = std::env::temp_dir().join(format!("quintet-openapi-{}", std::process::id()));
+    let result = async {
+        let settings = Settings::embedded_at(&scratch).map_err(|err| err.to_string())?;
+        let backends = kernel::wiring::connect_write_side(&settings)
+            .await
+            .map_err(|err| err.to_string())?;
+        let read = kernel::wiring::connect_read_store(&settings)
+            .await
+            .map_err(|err| err.to_string())?;
+        let (_stop, shutdown) = web::server::shutdown_channel();
+        let read_state = read_api::start(&settings, backends.engine.clone(), read, shutdown)
+            .await
+            .map_err(|err| err.to_string())?;
+        let write_state = write_api::WriteState {
+            engine: backends.engine.clone(),
+            memento: settings.memento.policy(),
+        };
+        Ok(vec![
+            ("write-api.json", write_api::openapi(write_state).spec()),
+            ("read-api.json", read_api::openapi(read_state).spec()),
+        ])
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}

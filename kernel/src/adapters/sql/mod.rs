@@ -1,0 +1,759 @@
+//! The sqlx event store and key store, on SQLite (the embedded default) and MySQL / MariaDB.
+//!
+//! Both backends share one schema shape (`migrations/sqlite`, `migrations/mysql`) and, through
+//! the `sql_event_store!` macro, one implementation of everything whose SQL is the same. Each
+//! backend file only supplies what differs: how a write transaction begins, how the position of
+//! the last inserted row is found, a few dialect statements and `gap_may_fill`.
+//!
+//! How `append` works (both backends), in one transaction:
+//! 1. releases, then reservations (a taken value → `Duplicate`, unless the owner is the same);
+//! 2. for each stream, a guard that `expected_sequence` exists (a sequence ahead of the stream
+//!    would otherwise leave a hole), then one multi-row INSERT with sequences
+//!    `expected_sequence + 1..`; the UNIQUE (aggregate_type, aggregate_id, sequence) index is the
+//!    optimistic lock, so a unique violation there is a `Conflict`;
+//! 3. the idempotency key with the JSON of the resulting `Committed`.
+//!
+//! Any failure rolls the whole batch back. When the batch carries an idempotency key, a failure
+//! is checked once more against the stored keys: a concurrent request with the same key may have
+//! won the race, and then its result is returned (same hash) or `IdempotencyMismatch`.
+//!
+//! A batch without events is allowed and is not an error: its reservations, releases and
+//! idempotency key are still applied, and `Committed.position` is the head position seen inside
+//! the transaction (so a `min_position` read that follows it never waits).
+//!
+//! Timestamps are stored as unix microseconds, so `recorded_at` loses its sub-microsecond part.
+//! Data keys: a key id is either a bare aggregate id or `"{aggregate_type}/{aggregate_id}"`;
+//! the aggregate id (after the first `/`) is stored beside it for `key_ids_for`.
+
+pub mod mysql;
+pub mod sqlite;
+
+pub use mysql::MySqlEventStore;
+pub use sqlite::SqliteEventStore;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::DomainError;
+use crate::envelope::{
+    AppendBatch, Committed, IdempotencyKey, IdempotentResult, NewEvent, StoredEvent,
+};
+use crate::error::{KernelError, KernelResult};
+
+/// Rows per INSERT statement: well under SQLite's 32766 and MySQL's 65535 bind parameters
+/// (11 per row).
+const INSERT_CHUNK_ROWS: usize = 500;
+/// Payload bytes per INSERT statement, to stay well under MySQL's `max_allowed_packet`
+/// (16 MiB by default on MariaDB). A single larger event still goes alone in its statement.
+const INSERT_CHUNK_BYTES: usize = 4 << 20;
+
+/// The columns of `events`, in the order [`EventRow`] reads them.
+const EVENT_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, event_id, correlation_id, causation_id, actor, recorded_at, payload";
+
+const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, \
+     event_type, event_version, event_id, correlation_id, causation_id, actor, recorded_at, \
+     payload) ";
+
+/// Column limits of the MySQL schema, checked for both backends so they behave the same and a
+/// too-long value is a clear 4xx rather than a storage error.
+const MAX_AGGREGATE_TYPE: usize = 128;
+const MAX_NAME: usize = 255;
+const MAX_REQUEST_HASH: usize = 64;
+
+/// One `events` row as both backends return it. Text columns are read as bytes: MySQL flags
+/// binary-collated (`utf8mb4_bin`) columns as BINARY, which sqlx refuses to decode as `String`.
+#[derive(Debug, sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    aggregate_type: Vec<u8>,
+    aggregate_id: Vec<u8>,
+    sequence: i64,
+    event_type: Vec<u8>,
+    event_version: i32,
+    event_id: Vec<u8>,
+    correlation_id: Vec<u8>,
+    causation_id: Option<Vec<u8>>,
+    actor: Option<Vec<u8>>,
+    recorded_at: i64,
+    payload: Vec<u8>,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = KernelError;
+
+    fn try_from(row: EventRow) -> KernelResult<Self> {
+        Ok(StoredEvent {
+            position: to_u64(row.position)?,
+            aggregate_type: text(row.aggregate_type)?,
+            aggregate_id: text(row.aggregate_id)?,
+            sequence: to_u64(row.sequence)?,
+            event_type: text(row.event_type)?,
+            event_version: row.event_version,
+            event_id: uuid_from(&row.event_id)?,
+            correlation_id: uuid_from(&row.correlation_id)?,
+            causation_id: row.causation_id.as_deref().map(uuid_from).transpose()?,
+            actor: row.actor.map(text).transpose()?,
+            recorded_at: from_micros(row.recorded_at)?,
+            payload: row.payload,
+        })
+    }
+}
+
+/// A text column read as bytes (see [`EventRow`]).
+fn text(bytes: Vec<u8>) -> KernelResult<String> {
+    String::from_utf8(bytes).map_err(|e| KernelError::Storage(format!("stored text: {e}")))
+}
+
+/// Splits a stream's events into INSERT statements of at most [`INSERT_CHUNK_ROWS`] rows and
+/// about [`INSERT_CHUNK_BYTES`] of payload; never an empty chunk.
+fn insert_chunks(events: &[NewEvent]) -> Vec<&[NewEvent]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in events.iter().enumerate() {
+        let full = i - start == INSERT_CHUNK_ROWS || bytes + e.payload.len() > INSERT_CHUNK_BYTES;
+        if i > start && full {
+            chunks.push(&events[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += e.payload.len();
+    }
+    if start < events.len() {
+        chunks.push(&events[start..]);
+    }
+    chunks
+}
+
+fn rows_to_events(rows: Vec<EventRow>) -> KernelResult<Vec<StoredEvent>> {
+    rows.into_iter().map(StoredEvent::try_from).collect()
+}
+
+/// A `u64` bound to a signed BIGINT: values past `i64::MAX` clamp (no row can be that high).
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> KernelResult<u64> {
+    u64::try_from(v).map_err(|_| KernelError::Storage(format!("negative value {v} in the store")))
+}
+
+fn uuid_from(bytes: &[u8]) -> KernelResult<Uuid> {
+    Uuid::from_slice(bytes).map_err(|e| KernelError::Storage(format!("stored uuid: {e}")))
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> KernelResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| KernelError::Storage(format!("stored timestamp {v} is out of range")))
+}
+
+/// The aggregate id a data key belongs to: the part after the first `/`, or the whole key id.
+fn key_aggregate_id(key_id: &str) -> &str {
+    key_id.split_once('/').map_or(key_id, |(_, id)| id)
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> KernelResult<()> {
+    if value.chars().count() > max {
+        return Err(KernelError::Rejected(DomainError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        )));
+    }
+    Ok(())
+}
+
+/// Rejects values the schema cannot hold, before any transaction starts.
+fn validate_batch(batch: &AppendBatch) -> KernelResult<()> {
+    for s in &batch.streams {
+        check_len("aggregate_type", &s.aggregate_type, MAX_AGGREGATE_TYPE)?;
+        check_len("aggregate_id", &s.aggregate_id, MAX_NAME)?;
+        if s.expected_sequence > i64::MAX as u64 - s.events.len() as u64 {
+            return Err(KernelError::Rejected(DomainError::invalid(
+                "expected_version",
+                "is out of range",
+            )));
+        }
+        for e in &s.events {
+            check_len("event_type", &e.event_type, MAX_NAME)?;
+        }
+    }
+    if let Some(actor) = &batch.actor {
+        check_len("actor", actor, MAX_NAME)?;
+    }
+    if let Some(idem) = &batch.idempotency {
+        check_len("idempotency_key", &idem.key, MAX_NAME)?;
+        check_len("request_hash", &idem.request_hash, MAX_REQUEST_HASH)?;
+    }
+    for r in batch.reservations.iter().chain(&batch.releases) {
+        check_len("reservation.scope", &r.scope, MAX_AGGREGATE_TYPE)?;
+        check_len("reservation.value", &r.value, MAX_NAME)?;
+        check_len("reservation.owner", &r.owner, MAX_NAME)?;
+    }
+    Ok(())
+}
+
+/// The answer to a request whose idempotency key is already stored.
+fn replay_idempotent(key: &IdempotencyKey, stored: IdempotentResult) -> KernelResult<Committed> {
+    if stored.request_hash == key.request_hash {
+        Ok(stored.committed)
+    } else {
+        Err(KernelError::IdempotencyMismatch(key.key.clone()))
+    }
+}
+
+fn parse_idempotent(request_hash: Vec<u8>, response: &[u8]) -> KernelResult<IdempotentResult> {
+    Ok(IdempotentResult {
+        request_hash: text(request_hash)?,
+        committed: serde_json::from_slice(response)?,
+    })
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Whether a unique violation on `events` came from the event id rather than the sequence.
+fn is_event_id_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.message().contains("event_id"))
+}
+
+fn conflict(aggregate_type: &str, aggregate_id: &str, expected: u64) -> KernelError {
+    KernelError::Conflict {
+        aggregate_type: aggregate_type.to_string(),
+        aggregate_id: aggregate_id.to_string(),
+        expected,
+    }
+}
+
+/// Implements the shared part of a sqlx store. The backend type must provide:
+/// - `fn reader(&self) -> &Pool<DB>` and `fn writer(&self) -> &Pool<DB>`;
+/// - `async fn begin_write(&self) -> KernelResult<Transaction<'static, DB>>`;
+/// - `async fn last_position(conn, &QueryResult, rows, last_event_id) -> KernelResult<u64>`:
+///   the position of the last row of an INSERT that just ran on `conn`;
+/// - `fn is_deadlock(&sqlx::Error) -> bool` (a deadlock between writers is a `Conflict`);
+/// - `async fn check_gap(&self, since) -> KernelResult<bool>`;
+/// - consts `SELECT_OWNER_LOCKED` (the owner of a reservation, read with a lock where the
+///   backend has row locks), `INSERT_KEY_IF_ABSENT` and `INSERT_FORGOTTEN_IF_ABSENT`.
+macro_rules! sql_event_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// Events of one type with `position > after_position`, in position order.
+            pub async fn events_by_type(
+                &self,
+                event_type: &str,
+                after_position: u64,
+                limit: u32,
+            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
+                let sql = format!(
+                    "SELECT {} FROM events WHERE event_type = ? AND position > ? \
+                     ORDER BY position LIMIT ?",
+                    $crate::adapters::sql::EVENT_COLUMNS
+                );
+                let rows = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql)
+                    .bind(event_type)
+                    .bind($crate::adapters::sql::to_i64(after_position))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                $crate::adapters::sql::rows_to_events(rows)
+            }
+
+            /// Events of every aggregate of one type with `position > after_position`, in
+            /// position order.
+            pub async fn events_by_aggregate_type(
+                &self,
+                aggregate_type: &str,
+                after_position: u64,
+                limit: u32,
+            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
+                let sql = format!(
+                    "SELECT {} FROM events WHERE aggregate_type = ? AND position > ? \
+                     ORDER BY position LIMIT ?",
+                    $crate::adapters::sql::EVENT_COLUMNS
+                );
+                let rows = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql)
+                    .bind(aggregate_type)
+                    .bind($crate::adapters::sql::to_i64(after_position))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                $crate::adapters::sql::rows_to_events(rows)
+            }
+
+            /// The committed sequence of one aggregate (0 when it has no events).
+            pub async fn stream_sequence(
+                &self,
+                aggregate_type: &str,
+                aggregate_id: &str,
+            ) -> $crate::error::KernelResult<u64> {
+                let seq: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(sequence), 0) FROM events \
+                     WHERE aggregate_type = ? AND aggregate_id = ?",
+                )
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .fetch_one(self.reader())
+                .await
+                .map_err($crate::error::KernelError::storage)?;
+                $crate::adapters::sql::to_u64(seq)
+            }
+
+            /// Everything `append` writes, inside the caller's transaction.
+            async fn append_in_tx(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                batch: &$crate::envelope::AppendBatch,
+            ) -> $crate::error::KernelResult<$crate::envelope::Committed> {
+                use $crate::adapters::sql as common;
+                use $crate::error::KernelError;
+
+                for r in &batch.releases {
+                    sqlx::query("DELETE FROM reservations WHERE scope = ? AND value = ? AND owner = ?")
+                        .bind(&r.scope)
+                        .bind(&r.value)
+                        .bind(&r.owner)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| Self::write_error(e, batch))?;
+                }
+
+                for r in &batch.reservations {
+                    let inserted =
+                        sqlx::query("INSERT INTO reservations (scope, value, owner) VALUES (?, ?, ?)")
+                            .bind(&r.scope)
+                            .bind(&r.value)
+                            .bind(&r.owner)
+                            .execute(&mut *conn)
+                            .await;
+                    match inserted {
+                        Ok(_) => {}
+                        // The failed statement alone is rolled back; the transaction goes on.
+                        Err(e) if common::is_unique_violation(&e) => {
+                            let owner: Option<Vec<u8>> = sqlx::query_scalar(Self::SELECT_OWNER_LOCKED)
+                                .bind(&r.scope)
+                                .bind(&r.value)
+                                .fetch_optional(&mut *conn)
+                                .await
+                                .map_err(|e| Self::write_error(e, batch))?;
+                            if owner.as_deref() != Some(r.owner.as_bytes()) {
+                                return Err(KernelError::Duplicate {
+                                    scope: r.scope.clone(),
+                                    value: r.value.clone(),
+                                });
+                            }
+                        }
+                        Err(e) => return Err(Self::write_error(e, batch)),
+                    }
+                }
+
+                let mut last_position: Option<u64> = None;
+                let mut streams = Vec::with_capacity(batch.streams.len());
+                for s in &batch.streams {
+                    let expected = s.expected_sequence;
+                    if !s.events.is_empty() && expected > 0 {
+                        // The unique index catches a stale sequence; this catches one that is
+                        // ahead of the stream, which would otherwise leave a hole.
+                        let found: Option<i64> = sqlx::query_scalar(
+                            "SELECT sequence FROM events \
+                             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
+                        )
+                        .bind(&s.aggregate_type)
+                        .bind(&s.aggregate_id)
+                        .bind(common::to_i64(expected))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| Self::write_error(e, batch))?;
+                        if found.is_none() {
+                            return Err(common::conflict(&s.aggregate_type, &s.aggregate_id, expected));
+                        }
+                    }
+
+                    let mut next_sequence = expected;
+                    for chunk in common::insert_chunks(&s.events) {
+                        let first_sequence = next_sequence + 1;
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(common::INSERT_EVENTS);
+                        qb.push_values(chunk.iter().enumerate(), |mut row, (i, e)| {
+                            row.push_bind(s.aggregate_type.as_str())
+                                .push_bind(s.aggregate_id.as_str())
+                                .push_bind(common::to_i64(first_sequence + i as u64))
+                                .push_bind(e.event_type.as_str())
+                                .push_bind(e.event_version)
+                                .push_bind(&e.event_id.as_bytes()[..])
+                                .push_bind(&batch.correlation_id.as_bytes()[..])
+                                .push_bind(batch.causation_id.as_ref().map(|c| &c.as_bytes()[..]))
+                                .push_bind(batch.actor.as_deref())
+                                .push_bind(common::micros(batch.recorded_at))
+                                .push_bind(e.payload.as_slice());
+                        });
+                        let result = match qb.build().execute(&mut *conn).await {
+                            Ok(result) => result,
+                            Err(e) if common::is_unique_violation(&e) => {
+                                if common::is_event_id_violation(&e) {
+                                    return Err(KernelError::Rejected(
+                                        $crate::domain::DomainError::AlreadyExists(
+                                            "an event id of this batch".into(),
+                                        ),
+                                    ));
+                                }
+                                return Err(common::conflict(
+                                    &s.aggregate_type,
+                                    &s.aggregate_id,
+                                    expected,
+                                ));
+                            }
+                            Err(e) => return Err(Self::write_error(e, batch)),
+                        };
+                        next_sequence += chunk.len() as u64;
+                        let last_event_id = chunk.last().map(|e| e.event_id).unwrap_or_default();
+                        last_position = Some(
+                            Self::last_position(&mut *conn, &result, chunk.len(), last_event_id)
+                                .await?,
+                        );
+                    }
+
+                    streams.push($crate::envelope::CommittedStream {
+                        aggregate_type: s.aggregate_type.clone(),
+                        aggregate_id: s.aggregate_id.clone(),
+                        sequence: next_sequence,
+                        event_ids: s.events.iter().map(|e| e.event_id).collect(),
+                        event_types: s.events.iter().map(|e| e.event_type.clone()).collect(),
+                    });
+                }
+
+                let position = match last_position {
+                    Some(p) => p,
+                    None => {
+                        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+                            .fetch_one(&mut *conn)
+                            .await
+                            .map_err(|e| Self::write_error(e, batch))?;
+                        common::to_u64(head)?
+                    }
+                };
+                let committed = $crate::envelope::Committed { position, streams };
+
+                if let Some(idem) = &batch.idempotency {
+                    let response = serde_json::to_string(&committed)?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (idem_key, request_hash, response, created_at) \
+                         VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&idem.key)
+                    .bind(&idem.request_hash)
+                    .bind(&response)
+                    .bind(common::micros(batch.recorded_at))
+                    .execute(&mut *conn)
+                    .await;
+                    match inserted {
+                        Ok(_) => {}
+                        // Another request stored the key since we looked; `append` reads it back.
+                        Err(e) if common::is_unique_violation(&e) => {
+                            return Err(KernelError::IdempotencyMismatch(idem.key.clone()));
+                        }
+                        Err(e) => return Err(Self::write_error(e, batch)),
+                    }
+                }
+                Ok(committed)
+            }
+
+            /// A failed write: a deadlock between writers is a conflict on the batch's first
+            /// stream (the caller retries), anything else a storage error.
+            fn write_error(
+                err: sqlx::Error,
+                batch: &$crate::envelope::AppendBatch,
+            ) -> $crate::error::KernelError {
+                match batch.streams.first() {
+                    Some(s) if Self::is_deadlock(&err) => $crate::adapters::sql::conflict(
+                        &s.aggregate_type,
+                        &s.aggregate_id,
+                        s.expected_sequence,
+                    ),
+                    _ => $crate::error::KernelError::storage(err),
+                }
+            }
+
+            async fn read_key(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                key_id: &str,
+            ) -> $crate::error::KernelResult<Option<Vec<u8>>> {
+                let row: Option<(Option<Vec<u8>>, Option<i64>)> = sqlx::query_as(
+                    "SELECT wrapped_key, forgotten_at FROM data_keys WHERE key_id = ?",
+                )
+                .bind(key_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err($crate::error::KernelError::storage)?;
+                match row {
+                    None => Ok(None),
+                    Some((_, Some(_))) => {
+                        Err($crate::error::KernelError::Forgotten(key_id.to_string()))
+                    }
+                    Some((Some(key), None)) => Ok(Some(key)),
+                    Some((None, None)) => Err($crate::error::KernelError::Storage(format!(
+                        "data key {key_id} has neither a key nor a forgotten time"
+                    ))),
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ports::EventStore for $store {
+            async fn append(
+                &self,
+                batch: $crate::envelope::AppendBatch,
+            ) -> $crate::error::KernelResult<$crate::envelope::Committed> {
+                use $crate::adapters::sql as common;
+                common::validate_batch(&batch)?;
+                if let Some(idem) = &batch.idempotency {
+                    if let Some(stored) = self.idempotent_result(&idem.key).await? {
+                        return common::replay_idempotent(idem, stored);
+                    }
+                }
+
+                let mut tx = self.begin_write().await?;
+                let failure = match Self::append_in_tx(&mut tx, &batch).await {
+                    Ok(committed) => {
+                        tx.commit().await.map_err($crate::error::KernelError::storage)?;
+                        return Ok(committed);
+                    }
+                    Err(failure) => failure,
+                };
+                if let Err(e) = tx.rollback().await {
+                    // The connection is dropped by the pool; the transaction dies with it.
+                    tracing::warn!(error = %e, "rollback of a failed append failed");
+                }
+                // A concurrent request with the same key may have committed first: answer as
+                // it would have been answered had it been seen before we started.
+                if let Some(idem) = &batch.idempotency {
+                    if let Some(stored) = self.idempotent_result(&idem.key).await? {
+                        return common::replay_idempotent(idem, stored);
+                    }
+                }
+                Err(failure)
+            }
+
+            async fn load_stream(
+                &self,
+                aggregate_type: &str,
+                aggregate_id: &str,
+                after_sequence: u64,
+            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
+                let sql = format!(
+                    "SELECT {} FROM events WHERE aggregate_type = ? AND aggregate_id = ? \
+                     AND sequence > ? ORDER BY sequence",
+                    $crate::adapters::sql::EVENT_COLUMNS
+                );
+                let rows = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind($crate::adapters::sql::to_i64(after_sequence))
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                $crate::adapters::sql::rows_to_events(rows)
+            }
+
+            async fn read_all(
+                &self,
+                after_position: u64,
+                limit: u32,
+            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
+                let sql = format!(
+                    "SELECT {} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                    $crate::adapters::sql::EVENT_COLUMNS
+                );
+                let rows = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql)
+                    .bind($crate::adapters::sql::to_i64(after_position))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                $crate::adapters::sql::rows_to_events(rows)
+            }
+
+            async fn gap_may_fill(
+                &self,
+                since: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::error::KernelResult<bool> {
+                self.check_gap(since).await
+            }
+
+            async fn head_position(&self) -> $crate::error::KernelResult<u64> {
+                let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+                    .fetch_one(self.reader())
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                $crate::adapters::sql::to_u64(head)
+            }
+
+            async fn idempotent_result(
+                &self,
+                key: &str,
+            ) -> $crate::error::KernelResult<Option<$crate::envelope::IdempotentResult>> {
+                let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT request_hash, response FROM idempotency_keys WHERE idem_key = ?",
+                )
+                .bind(key)
+                .fetch_optional(self.reader())
+                .await
+                .map_err($crate::error::KernelError::storage)?;
+                row.map(|(hash, response)| $crate::adapters::sql::parse_idempotent(hash, &response))
+                    .transpose()
+            }
+
+            async fn ping(&self) -> $crate::error::KernelResult<()> {
+                for pool in [self.reader(), self.writer()] {
+                    sqlx::query("SELECT 1")
+                        .execute(pool)
+                        .await
+                        .map_err($crate::error::KernelError::storage)?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ports::KeyStore for $store {
+            async fn get(&self, key_id: &str) -> $crate::error::KernelResult<Option<Vec<u8>>> {
+                let mut conn = self
+                    .reader()
+                    .acquire()
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                Self::read_key(&mut conn, key_id).await
+            }
+
+            async fn put_if_absent(
+                &self,
+                key_id: &str,
+                wrapped: &[u8],
+            ) -> $crate::error::KernelResult<Vec<u8>> {
+                let mut conn = self
+                    .writer()
+                    .acquire()
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                sqlx::query(Self::INSERT_KEY_IF_ABSENT)
+                    .bind(key_id)
+                    .bind($crate::adapters::sql::key_aggregate_id(key_id))
+                    .bind(wrapped)
+                    .bind($crate::adapters::sql::micros(chrono::Utc::now()))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                Self::read_key(&mut conn, key_id).await?.ok_or_else(|| {
+                    $crate::error::KernelError::Storage(format!(
+                        "data key {key_id} is missing right after it was stored"
+                    ))
+                })
+            }
+
+            async fn forget(&self, key_id: &str) -> $crate::error::KernelResult<bool> {
+                let now = $crate::adapters::sql::micros(chrono::Utc::now());
+                let mut conn = self
+                    .writer()
+                    .acquire()
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                let deleted = sqlx::query(
+                    "UPDATE data_keys SET wrapped_key = NULL, forgotten_at = ? \
+                     WHERE key_id = ? AND forgotten_at IS NULL",
+                )
+                .bind(now)
+                .bind(key_id)
+                .execute(&mut *conn)
+                .await
+                .map_err($crate::error::KernelError::storage)?
+                .rows_affected()
+                    > 0;
+                if deleted {
+                    return Ok(true);
+                }
+                // Never seen: remember it as forgotten, so a key cannot be created later.
+                sqlx::query(Self::INSERT_FORGOTTEN_IF_ABSENT)
+                    .bind(key_id)
+                    .bind($crate::adapters::sql::key_aggregate_id(key_id))
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                // A concurrent `put_if_absent` may have stored a live key between the two
+                // statements; the row exists now, so this second pass settles it.
+                let deleted = sqlx::query(
+                    "UPDATE data_keys SET wrapped_key = NULL, forgotten_at = ? \
+                     WHERE key_id = ? AND forgotten_at IS NULL",
+                )
+                .bind(now)
+                .bind(key_id)
+                .execute(&mut *conn)
+                .await
+                .map_err($crate::error::KernelError::storage)?
+                .rows_affected()
+                    > 0;
+                Ok(deleted)
+            }
+
+            async fn key_ids_for(
+                &self,
+                aggregate_id: &str,
+            ) -> $crate::error::KernelResult<Vec<String>> {
+                let ids: Vec<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT key_id FROM data_keys WHERE aggregate_id = ? ORDER BY key_id",
+                )
+                .bind(aggregate_id)
+                .fetch_all(self.reader())
+                .await
+                .map_err($crate::error::KernelError::storage)?;
+                ids.into_iter().map($crate::adapters::sql::text).collect()
+            }
+        }
+    };
+}
+pub(crate) use sql_event_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(sizes: &[usize]) -> Vec<NewEvent> {
+        sizes
+            .iter()
+            .map(|&n| NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: "t".into(),
+                event_version: 1,
+                payload: vec![0; n],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_split_by_rows_and_bytes() {
+        let lens = |evs: &[NewEvent]| {
+            insert_chunks(evs)
+                .iter()
+                .map(|c| c.len())
+                .collect::<Vec<_>>()
+        };
+        assert!(insert_chunks(&[]).is_empty());
+        assert_eq!(lens(&events(&[1; 1203])), vec![500, 500, 203]);
+        let mb = 1 << 20;
+        assert_eq!(
+            lens(&events(&[3 * mb, 2 * mb, 9 * mb, 1])),
+            vec![1, 1, 1, 1]
+        );
+        assert_eq!(lens(&events(&[mb, mb, mb, mb, 1])), vec![4, 1]);
+    }
+
+    #[test]
+    fn key_ids_name_their_aggregate() {
+        assert_eq!(key_aggregate_id("user/u-1"), "u-1");
+        assert_eq!(key_aggregate_id("file/a/b"), "a/b");
+        assert_eq!(key_aggregate_id("bare"), "bare");
+    }
+}

@@ -1,0 +1,178 @@
+//! The in-process feed: tails the event store by global position without ever skipping a
+//! position that a still-open transaction could fill (guarantee 4), and fans decoded events
+//! out to live subscribers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, Notify};
+
+use crate::config::FeedSettings;
+use crate::envelope::{RecordedEvent, StoredEvent};
+use crate::error::KernelResult;
+use crate::ports::EventStore;
+
+/// A gap the tailer is waiting on.
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    /// The first missing position.
+    position: u64,
+    first_seen: Instant,
+    first_seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reads the store in position order, one batch at a time, gap-safe.
+pub struct Tailer {
+    store: Arc<dyn EventStore>,
+    position: u64,
+    settings: FeedSettings,
+    wake: Arc<Notify>,
+    gap: Option<Gap>,
+}
+
+impl Tailer {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        after_position: u64,
+        settings: FeedSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            position: after_position,
+            settings,
+            wake,
+            gap: None,
+        }
+    }
+
+    /// The last position handed out.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Waits until at least one event past the position can be handed out safely, and returns
+    /// the contiguous run of them.
+    pub async fn next_batch(&mut self) -> KernelResult<Vec<StoredEvent>> {
+        loop {
+            let batch = self.poll().await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            // Register for the wake-up before sleeping; a poll interval bounds a missed one.
+            let woken = self.wake.notified();
+            let _ = tokio::time::timeout(self.settings.poll_interval, woken).await;
+        }
+    }
+
+    /// One attempt: the contiguous events after the position, possibly none.
+    pub async fn poll(&mut self) -> KernelResult<Vec<StoredEvent>> {
+        let rows = self
+            .store
+            .read_all(self.position, self.settings.batch_size)
+            .await?;
+        let mut accepted = Vec::with_capacity(rows.len());
+        for row in rows {
+            let expected = self.position + 1;
+            if row.position == expected
+                || (row.position > expected && self.release_gap(expected).await?)
+            {
+                self.position = row.position;
+                self.gap = None;
+                accepted.push(row);
+            } else {
+                break;
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Whether the missing positions from `missing` on can be skipped: only once no
+    /// transaction that was open when the gap appeared can still commit into it, or after the
+    /// maximum wait when the store cannot tell.
+    async fn release_gap(&mut self, missing: u64) -> KernelResult<bool> {
+        let gap = match self.gap {
+            Some(gap) if gap.position == missing => gap,
+            _ => {
+                let gap = Gap {
+                    position: missing,
+                    first_seen: Instant::now(),
+                    first_seen_at: chrono::Utc::now(),
+                };
+                self.gap = Some(gap);
+                gap
+            }
+        };
+        let waited = gap.first_seen.elapsed();
+        if waited >= self.settings.gap_max_wait {
+            tracing::warn!(
+                position = missing,
+                ?waited,
+                "releasing a gap after the maximum wait"
+            );
+            metrics::counter!("quintet_feed_gaps_forced_total").increment(1);
+            return Ok(true);
+        }
+        if waited < self.settings.gap_min_wait {
+            return Ok(false);
+        }
+        // A second of slack: the store's clock and ours may round differently.
+        let since = gap.first_seen_at + chrono::Duration::seconds(1);
+        let may_fill = self.store.gap_may_fill(since).await?;
+        if !may_fill {
+            tracing::debug!(position = missing, ?waited, "released a rolled-back gap");
+            metrics::counter!("quintet_feed_gaps_released_total").increment(1);
+        }
+        Ok(!may_fill)
+    }
+}
+
+/// Fans decoded events out to live subscribers, remembering the last position sent so a new
+/// subscriber can replay up to it from the store and go live with no gap and no duplicate.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Mutex<HubState>>,
+    sender: broadcast::Sender<Arc<RecordedEvent>>,
+}
+
+struct HubState {
+    position: u64,
+}
+
+impl Hub {
+    pub fn new(capacity: usize, position: u64) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(16));
+        Self {
+            inner: Arc::new(Mutex::new(HubState { position })),
+            sender,
+        }
+    }
+
+    /// Publishes an event; positions must be increasing.
+    pub fn publish(&self, event: RecordedEvent) {
+        let mut state = self.inner.lock();
+        state.position = event.position;
+        // Sent while holding the lock, so `subscribe` sees the position and the channel agree.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    /// Moves the position past events that were not published (none of them were for anyone).
+    pub fn advance(&self, position: u64) {
+        let mut state = self.inner.lock();
+        state.position = state.position.max(position);
+    }
+
+    /// A receiver of every event after the returned position.
+    pub fn subscribe(&self) -> (u64, broadcast::Receiver<Arc<RecordedEvent>>) {
+        let state = self.inner.lock();
+        (state.position, self.sender.subscribe())
+    }
+
+    pub fn position(&self) -> u64 {
+        self.inner.lock().position
+    }
+}
+
+/// How long a caller waits for positions (used by tests and readiness).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);

@@ -1,0 +1,20 @@
+//! Projection workers. The projections themselves are pure code in `kernel::domain`; this
+//! crate assembles the set of them that a process runs (today: in-process, inside read-api
+//! or `quintet up`).
+
+use std::sync::Arc;
+
+use kernel::domain::memento::MementoProjection;
+use kernel::domain::projection::Projection;
+
+/// Every projection Quintet has, by name.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(MementoProjection)]
+}
+
+/// The projection with this name.
+pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
+    all()
+        .into_iter()
+        .find(|projection| projection.name() == name)
+}

@@ -1,0 +1,172 @@
+//! The read side over HTTP: queries served from the read models, with read-your-writes
+//! (`min_position`), and a WebSocket stream of events with filters and gapless resume.
+
+pub mod memento;
+pub mod query;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kernel::config::Settings;
+use kernel::engine::Engine;
+use kernel::feed::Hub;
+use kernel::ports::ReadStore;
+use poem::{Endpoint, EndpointExt, Response, Route};
+use poem_openapi::OpenApiService;
+use tokio::sync::watch;
+use web::ops::Readiness;
+use web::{ApiError, JwtKeys};
+
+/// What every read handler needs.
+#[derive(Clone)]
+pub struct ReadState {
+    pub read: Arc<dyn ReadStore>,
+    pub engine: Engine,
+    pub hub: Hub,
+    /// Live checkpoints of the projections running in this process; others are polled.
+    pub checkpoints: HashMap<&'static str, watch::Receiver<u64>>,
+    pub min_position_wait: Duration,
+    pub websocket: kernel::config::WebSocketSettings,
+}
+
+impl ReadState {
+    /// Waits until `projection` has applied `min_position`, or answers 503 with Retry-After.
+    pub async fn await_position(
+        &self,
+        projection: &str,
+        min_position: Option<u64>,
+    ) -> Result<(), ApiError> {
+        let Some(wanted) = min_position.filter(|position| *position > 0) else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + self.min_position_wait;
+        if let Some(receiver) = self.checkpoints.get(projection) {
+            let mut receiver = receiver.clone();
+            let reached =
+                tokio::time::timeout_at(deadline, receiver.wait_for(|p| *p >= wanted)).await;
+            if matches!(reached, Ok(Ok(_))) {
+                return Ok(());
+            }
+        } else {
+            loop {
+                if self.read.checkpoint(projection).await? >= wanted {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Err(ApiError::Unavailable {
+            detail: format!("the {projection} projection has not reached position {wanted} yet"),
+            retry_after_secs: 1,
+        })
+    }
+}
+
+pub type ReadApis = memento::MementoReadApi;
+
+pub fn openapi(state: ReadState) -> OpenApiService<ReadApis, ()> {
+    web::server::openapi_service(memento::MementoReadApi { state }, "Quintet read API")
+}
+
+/// The whole read-api app: API, WebSocket, docs, operational routes, middleware.
+pub fn app(
+    state: ReadState,
+    settings: &Settings,
+    readiness: Readiness,
+) -> impl Endpoint<Output = Response> {
+    let keys = JwtKeys::new(&settings.security);
+    let ws = Route::new().at("/ws", ws::stream.data(state.clone()).data(keys.clone()));
+    web::server::app(openapi(state), &settings.security, keys, readiness, ws)
+}
+
+/// Starts the in-process projections and the event stream hub, and returns the state the
+/// read routes need. Everything stops on `shutdown`.
+pub async fn start(
+    settings: &Settings,
+    engine: Engine,
+    read: Arc<dyn ReadStore>,
+    shutdown: web::server::Shutdown,
+) -> kernel::KernelResult<ReadState> {
+    let mut checkpoints = HashMap::new();
+    for projection in projectors::all() {
+        let runner = kernel::projector::ProjectionRunner::new(
+            projection,
+            engine.clone(),
+            read.clone(),
+            settings.feed.clone(),
+        );
+        checkpoints.insert(runner.name(), runner.watch());
+        tokio::spawn(runner.run(shutdown.clone().wait()));
+    }
+    let hub = Hub::new(
+        settings.websocket.buffer,
+        engine.store().head_position().await?,
+    );
+    tokio::spawn(kernel::projector::run_hub(
+        engine.clone(),
+        hub.clone(),
+        settings.feed.clone(),
+        shutdown.wait(),
+    ));
+    Ok(ReadState {
+        read,
+        engine,
+        hub,
+        checkpoints,
+        min_position_wait: settings.read.min_position_wait,
+        websocket: settings.websocket.clone(),
+    })
+}
+
+/// Readiness of the read side: the read store and the event store answer.
+pub fn readiness(state: &ReadState) -> Readiness {
+    let read = state.read.clone();
+    let store = state.engine.store().clone();
+    Readiness::new()
+        .check("read_store", move || {
+            let read = read.clone();
+            async move { read.ping().await.map_err(|err| err.to_string()) }
+        })
+        .check("event_store", move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|err| err.to_string()) }
+        })
+}
+
+/// Serves the read API on `listener` until `shutdown`.
+pub async fn serve(
+    settings: &Settings,
+    state: ReadState,
+    listener: std::net::TcpListener,
+    shutdown: web::server::Shutdown,
+) -> std::io::Result<()> {
+    let readiness = readiness(&state);
+    web::server::run(listener, app(state, settings, readiness), shutdown.wait()).await
+}
+
+/// The `read-api` process, with its projections running in-process.
+pub async fn main() -> std::process::ExitCode {
+    web::server::process_main("read-api", |settings, shutdown| async move {
+        let backends = kernel::wiring::connect_write_side(&settings)
+            .await
+            .map_err(|err| err.to_string())?;
+        let read = kernel::wiring::connect_read_store(&settings)
+            .await
+            .map_err(|err| err.to_string())?;
+        let state = start(&settings, backends.engine, read, shutdown.clone())
+            .await
+            .map_err(|err| err.to_string())?;
+        let listener =
+            web::server::bind(&settings.read_api.addr()).map_err(|err| err.to_string())?;
+        tracing::info!(addr = %settings.read_api.addr(), "read-api listening");
+        serve(&settings, state, listener, shutdown)
+            .await
+            .map_err(|err| err.to_string())
+    })
+    .await
+}

@@ -1,0 +1,88 @@
+//! The write side over HTTP: commands arrive as REST calls, run on the aggregates through
+//! the kernel's engine, and answer only after the event store has committed, with the
+//! committed global `position` (body and `X-Quintet-Position`).
+
+pub mod memento;
+pub mod write;
+
+use kernel::config::Settings;
+use kernel::domain::memento::MementoPolicy;
+use kernel::engine::Engine;
+use poem::{Endpoint, Response, Route};
+use poem_openapi::OpenApiService;
+use web::ops::Readiness;
+use web::JwtKeys;
+
+/// What every write handler needs.
+#[derive(Clone)]
+pub struct WriteState {
+    pub engine: Engine,
+    pub memento: MementoPolicy,
+}
+
+pub type WriteApis = memento::MementoWriteApi;
+
+pub fn openapi(state: WriteState) -> OpenApiService<WriteApis, ()> {
+    web::server::openapi_service(memento::MementoWriteApi { state }, "Quintet write API")
+}
+
+/// The whole write-api app: API, docs, operational routes, middleware.
+pub fn app(
+    state: WriteState,
+    settings: &Settings,
+    readiness: Readiness,
+) -> impl Endpoint<Output = Response> {
+    web::server::app(
+        openapi(state),
+        &settings.security,
+        JwtKeys::new(&settings.security),
+        readiness,
+        Route::new(),
+    )
+}
+
+/// Readiness of the write side: the event store and the snapshot store answer.
+pub fn readiness(backends: &kernel::wiring::Backends) -> Readiness {
+    let store = backends.engine.store().clone();
+    let snapshots = backends.snapshots.clone();
+    Readiness::new()
+        .check("event_store", move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|err| err.to_string()) }
+        })
+        .check("snapshots", move || {
+            let snapshots = snapshots.clone();
+            async move { snapshots.ping().await.map_err(|err| err.to_string()) }
+        })
+}
+
+/// Serves the write API on `listener` until `shutdown`.
+pub async fn serve(
+    settings: &Settings,
+    backends: &kernel::wiring::Backends,
+    listener: std::net::TcpListener,
+    shutdown: web::server::Shutdown,
+) -> std::io::Result<()> {
+    let state = WriteState {
+        engine: backends.engine.clone(),
+        memento: settings.memento.policy(),
+    };
+    let app = app(state, settings, readiness(backends));
+    web::server::run(listener, app, shutdown.wait()).await
+}
+
+/// The `write-api` process.
+pub async fn main() -> std::process::ExitCode {
+    web::server::process_main("write-api", |settings, shutdown| async move {
+        let backends = kernel::wiring::connect_write_side(&settings)
+            .await
+            .map_err(|err| err.to_string())?;
+        let listener =
+            web::server::bind(&settings.write_api.addr()).map_err(|err| err.to_string())?;
+        tracing::info!(addr = %settings.write_api.addr(), "write-api listening");
+        serve(&settings, &backends, listener, shutdown)
+            .await
+            .map_err(|err| err.to_string())
+    })
+    .await
+}
