@@ -8,6 +8,7 @@
 //! ciphertext to its aggregate id, sequence, event id and format byte, so a payload copied onto
 //! another event, or with a flipped flag, fails to decrypt.
 
+use std::cell::RefCell;
 use std::io::Read;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -329,28 +330,59 @@ fn clamp_level(level: i32) -> i32 {
     level.clamp(-5, 19)
 }
 
+thread_local! {
+    // zstd contexts are costly to create (tens of KiB and most of a small payload's time), so
+    // each thread keeps one of each. `with_context` resets the session before every use.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DCTX: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
 fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, CodecError> {
-    zstd::bulk::compress(data, level).map_err(|e| CodecError::Compress(e.to_string()))
+    let err = |e: std::io::Error| CodecError::Compress(e.to_string());
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match &mut *slot {
+            Some((l, c)) if *l == level => c,
+            _ => {
+                &mut slot
+                    .insert((level, zstd::bulk::Compressor::new(level).map_err(err)?))
+                    .1
+            }
+        };
+        compressor.compress(data).map_err(err)
+    })
 }
 
 /// Streams the decompression so a bomb stops at the cap instead of allocating its claimed size.
 fn decompress(data: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(data)
-        .map_err(|e| CodecError::Decompress(e.to_string()))?;
-    decoder
-        .window_log_max(WINDOW_LOG_MAX)
-        .map_err(|e| CodecError::Decompress(e.to_string()))?;
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(MAX_PAYLOAD_BYTES));
-    decoder
-        .take(MAX_PAYLOAD_BYTES as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| CodecError::Decompress(e.to_string()))?;
-    if out.len() > MAX_PAYLOAD_BYTES {
-        return Err(CodecError::TooLarge {
-            limit: MAX_PAYLOAD_BYTES,
-        });
-    }
-    Ok(out)
+    let err = |e: std::io::Error| CodecError::Decompress(e.to_string());
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dctx = match &mut *slot {
+            Some(dctx) => dctx,
+            None => {
+                let mut dctx = zstd::zstd_safe::DCtx::create();
+                dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))
+                    .map_err(|code| {
+                        CodecError::Decompress(zstd::zstd_safe::get_error_name(code).to_string())
+                    })?;
+                slot.insert(dctx)
+            }
+        };
+        let decoder = zstd::stream::read::Decoder::with_context(data, dctx);
+        let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(MAX_PAYLOAD_BYTES));
+        decoder
+            .take(MAX_PAYLOAD_BYTES as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(err)?;
+        if out.len() > MAX_PAYLOAD_BYTES {
+            return Err(CodecError::TooLarge {
+                limit: MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(out)
+    })
 }
 
 fn wrap_aad(key_id: &str) -> Vec<u8> {
