@@ -69,6 +69,18 @@ fn bench_codec(c: &mut Criterion) {
     group.bench_function("open_zstd_aes", |b| {
         b.iter(|| open(Some(&key), black_box(&aad), black_box(&sealed)).expect("open"))
     });
+    // The split between zstd and AES-GCM: the same payload encrypted without compression.
+    let aes_only = CodecSettings {
+        compression_enabled: false,
+        ..full.clone()
+    };
+    let sealed_aes = seal(Some(&key), &aad, &json, &aes_only).expect("seal");
+    group.bench_function("seal_aes_only", |b| {
+        b.iter(|| seal(Some(&key), black_box(&aad), black_box(&json), &aes_only).expect("seal"))
+    });
+    group.bench_function("open_aes_only", |b| {
+        b.iter(|| open(Some(&key), black_box(&aad), black_box(&sealed_aes)).expect("open"))
+    });
     group.bench_function("json_then_seal_open_then_parse", |b| {
         b.iter(|| {
             let bytes = serde_json::to_vec(black_box(&value)).expect("serialize");

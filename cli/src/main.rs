@@ -87,13 +87,7 @@ fn main() -> ExitCode {
 }
 
 async fn up(settings: Settings, shutdown: Shutdown) -> Result<(), String> {
-    let backends = kernel::wiring::connect_write_side(&settings)
-        .await
-        .map_err(|err| err.to_string())?;
-    let read = kernel::wiring::connect_read_store(&settings)
-        .await
-        .map_err(|err| err.to_string())?;
-    let read_state = read_api::start(&settings, backends.engine.clone(), read, shutdown.clone())
+    let (backends, read_state) = read_api::connect_and_start(&settings, shutdown.clone())
         .await
         .map_err(|err| err.to_string())?;
     let write_listener = bind(&settings.write_api.addr()).map_err(|err| err.to_string())?;
@@ -164,14 +158,8 @@ async fn quintet_specs() -> Result<Vec<(&'static str, String)>, String> {
     let scratch = std::env::temp_dir().join(format!("quintet-openapi-{}", std::process::id()));
     let result = async {
         let settings = Settings::embedded_at(&scratch).map_err(|err| err.to_string())?;
-        let backends = kernel::wiring::connect_write_side(&settings)
-            .await
-            .map_err(|err| err.to_string())?;
-        let read = kernel::wiring::connect_read_store(&settings)
-            .await
-            .map_err(|err| err.to_string())?;
         let (_stop, shutdown) = web::server::shutdown_channel();
-        let read_state = read_api::start(&settings, backends.engine.clone(), read, shutdown)
+        let (backends, read_state) = read_api::connect_and_start(&settings, shutdown)
             .await
             .map_err(|err| err.to_string())?;
         let write_state = write_api::WriteState {

@@ -20,6 +20,9 @@ struct Gap {
     position: u64,
     first_seen: Instant,
     first_seen_at: chrono::DateTime<chrono::Utc>,
+    /// The store said nothing open can fill it. The gap is skipped only if a read made
+    /// after that answer still shows it (the filler may have committed just before).
+    cleared: bool,
 }
 
 /// Reads the store in position order, one batch at a time, gap-safe.
@@ -99,6 +102,7 @@ impl Tailer {
                     position: missing,
                     first_seen: Instant::now(),
                     first_seen_at: chrono::Utc::now(),
+                    cleared: false,
                 };
                 self.gap = Some(gap);
                 gap
@@ -117,14 +121,20 @@ impl Tailer {
         if waited < self.settings.gap_min_wait {
             return Ok(false);
         }
-        // A second of slack: the store's clock and ours may round differently.
-        let since = gap.first_seen_at + chrono::Duration::seconds(1);
-        let may_fill = self.store.gap_may_fill(since).await?;
-        if !may_fill {
+        if gap.cleared {
             tracing::debug!(position = missing, ?waited, "released a rolled-back gap");
             metrics::counter!("quintet_feed_gaps_released_total").increment(1);
+            return Ok(true);
         }
-        Ok(!may_fill)
+        // A second of slack: the store's clock and ours may round differently.
+        let since = gap.first_seen_at + chrono::Duration::seconds(1);
+        if !self.store.gap_may_fill(since).await? {
+            self.gap = Some(Gap {
+                cleared: true,
+                ..gap
+            });
+        }
+        Ok(false)
     }
 }
 

@@ -128,7 +128,7 @@ impl ProjectionRunner {
             ops.extend(
                 self.projection
                     .project(event)
-                    .map_err(|err| crate::KernelError::storage(err))?,
+                    .map_err(crate::KernelError::storage)?,
             );
             applied.insert(key, event.sequence);
         }

@@ -1,5 +1,6 @@
 //! Properties of the payload codec (round trips, binding to the event, tamper and garbage
 //! resistance, key wrapping) and the `Codec` service over the in-process key store.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The Redis snapshot store and read cache against the real Redis (`REDIS_URL`, default
 //! redis://127.0.0.1:6379). Each test works under its own random key prefix.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 

@@ -123,6 +123,18 @@ pub async fn start(
     })
 }
 
+/// Connects every backend the configuration names (the read API reads the event store for
+/// replays and time travel) and starts the projections and the hub.
+pub async fn connect_and_start(
+    settings: &Settings,
+    shutdown: web::server::Shutdown,
+) -> kernel::KernelResult<(kernel::wiring::Backends, ReadState)> {
+    let backends = kernel::wiring::connect_write_side(settings).await?;
+    let read = kernel::wiring::connect_read_store(settings).await?;
+    let state = start(settings, backends.engine.clone(), read, shutdown).await?;
+    Ok((backends, state))
+}
+
 /// Readiness of the read side: the read store and the event store answer.
 pub fn readiness(state: &ReadState) -> Readiness {
     let read = state.read.clone();
@@ -152,13 +164,7 @@ pub async fn serve(
 /// The `read-api` process, with its projections running in-process.
 pub async fn main() -> std::process::ExitCode {
     web::server::process_main("read-api", |settings, shutdown| async move {
-        let backends = kernel::wiring::connect_write_side(&settings)
-            .await
-            .map_err(|err| err.to_string())?;
-        let read = kernel::wiring::connect_read_store(&settings)
-            .await
-            .map_err(|err| err.to_string())?;
-        let state = start(&settings, backends.engine, read, shutdown.clone())
+        let (_, state) = connect_and_start(&settings, shutdown.clone())
             .await
             .map_err(|err| err.to_string())?;
         let listener =

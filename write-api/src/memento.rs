@@ -15,7 +15,7 @@ use kernel::domain::memento::{
     Caretaker, CaretakerCommand, Originator, OriginatorCommand, OriginatorKind, CARETAKER,
     ORIGINATOR,
 };
-use kernel::domain::DomainError;
+use kernel::domain::{DomainError, EventSourced};
 use kernel::engine::{Engine, UnitOfWork};
 use kernel::KernelError;
 use web::server::RequestId;
@@ -150,9 +150,63 @@ fn expected_version(if_match: Option<String>, body: Option<u64>) -> ApiResult<Op
     }
 }
 
+/// What every write call carries besides its own input.
+struct Call<'a> {
+    claims: &'a web::Claims,
+    request_id: Option<uuid::Uuid>,
+    idempotency_key: Option<String>,
+}
+
+fn call<'a>(
+    auth: &'a BearerAuth,
+    req: &Request,
+    idempotency_key: Header<Option<String>>,
+) -> Call<'a> {
+    Call {
+        claims: &auth.0,
+        request_id: request_id(req),
+        idempotency_key: idempotency_key.0,
+    }
+}
+
 impl MementoWriteApi {
     fn engine(&self) -> &Engine {
         &self.state.engine
+    }
+
+    /// Runs one command on one aggregate for a writer, and answers with what was committed.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute<A>(
+        &self,
+        call: Call<'_>,
+        route: &str,
+        body: &impl Serialize,
+        aggregate_id: &str,
+        created: bool,
+        command: impl Fn() -> A::Command + Send + Sync,
+    ) -> ApiResult<Written>
+    where
+        A: EventSourced<Services = kernel::domain::memento::MementoPolicy>,
+        KernelError: From<A::Error>,
+    {
+        call.claims.require(Role::Writer)?;
+        let ctx = context(
+            call.claims,
+            call.request_id,
+            call.idempotency_key,
+            route,
+            body,
+        )?;
+        let committed = self
+            .engine()
+            .execute::<A, _>(aggregate_id, command, &self.state.memento, &ctx)
+            .await?;
+        Ok(Written::from_committed(
+            &committed,
+            A::TYPE,
+            aggregate_id,
+            created,
+        ))
     }
 }
 
@@ -167,32 +221,23 @@ impl MementoWriteApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: Json<CreateCaretakerRequest>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
-        let ctx = context(
-            &auth.0,
-            request_id(req),
-            idempotency_key.0,
-            "POST /mementos/caretakers",
-            &body.0,
-        )?;
-        let name = body.0.name.to_string();
         let at = Utc::now();
-        let committed = self
-            .engine()
-            .execute::<Caretaker, _>(
-                &name,
-                || CaretakerCommand::CreateCaretaker {
-                    name: body.0.name.to_string(),
-                    max_mementos: body.0.max_mementos,
-                    max_memento_size: body.0.max_memento_size,
-                    max_memento_age_secs: body.0.max_memento_age_secs,
-                    at,
-                },
-                &self.state.memento,
-                &ctx,
-            )
-            .await?;
-        Ok(Written::from_committed(&committed, CARETAKER, &name, true))
+        let request = &body.0;
+        self.execute::<Caretaker>(
+            call(&auth, req, idempotency_key),
+            "POST /mementos/caretakers",
+            request,
+            &request.name,
+            true,
+            || CaretakerCommand::CreateCaretaker {
+                name: request.name.to_string(),
+                max_mementos: request.max_mementos,
+                max_memento_size: request.max_memento_size,
+                max_memento_age_secs: request.max_memento_age_secs,
+                at,
+            },
+        )
+        .await
     }
 
     /// Remove a caretaker and every memento it keeps.
@@ -204,22 +249,16 @@ impl MementoWriteApi {
         name: Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
-        let route = format!("DELETE /mementos/caretakers/{}", name.0);
-        let ctx = context(&auth.0, request_id(req), idempotency_key.0, &route, &())?;
         let at = Utc::now();
-        let committed = self
-            .engine()
-            .execute::<Caretaker, _>(
-                &name.0,
-                || CaretakerCommand::RemoveCaretaker { at },
-                &self.state.memento,
-                &ctx,
-            )
-            .await?;
-        Ok(Written::from_committed(
-            &committed, CARETAKER, &name.0, false,
-        ))
+        self.execute::<Caretaker>(
+            call(&auth, req, idempotency_key),
+            &format!("DELETE /mementos/caretakers/{}", name.0),
+            &(),
+            &name.0,
+            false,
+            || CaretakerCommand::RemoveCaretaker { at },
+        )
+        .await
     }
 
     /// Save a memento into a caretaker.
@@ -232,31 +271,26 @@ impl MementoWriteApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: Json<SaveMementoRequest>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
-        let route = format!("POST /mementos/caretakers/{}/mementos", name.0);
-        let ctx = context(&auth.0, request_id(req), idempotency_key.0, &route, &body.0)?;
-        let memento_id = body.0.id.clone().map_or_else(new_id, Text::into_string);
         let at = Utc::now();
-        let committed = self
-            .engine()
-            .execute::<Caretaker, _>(
-                &name.0,
-                || CaretakerCommand::SaveMemento {
-                    memento_id: memento_id.clone(),
-                    originator_id: body.0.originator_id.to_string(),
-                    kind: body.0.kind.into(),
-                    state: body.0.state.clone(),
-                    description: body.0.description.clone().map(Text::into_string),
-                    metadata: metadata_map(body.0.metadata.clone()),
-                    at,
-                },
-                &self.state.memento,
-                &ctx,
-            )
-            .await?;
-        Ok(Written::from_committed(
-            &committed, CARETAKER, &name.0, true,
-        ))
+        let request = &body.0;
+        let memento_id = request.id.clone().map_or_else(new_id, Text::into_string);
+        self.execute::<Caretaker>(
+            call(&auth, req, idempotency_key),
+            &format!("POST /mementos/caretakers/{}/mementos", name.0),
+            request,
+            &name.0,
+            true,
+            || CaretakerCommand::SaveMemento {
+                memento_id: memento_id.clone(),
+                originator_id: request.originator_id.to_string(),
+                kind: request.kind.into(),
+                state: request.state.clone(),
+                description: request.description.clone().map(Text::into_string),
+                metadata: metadata_map(request.metadata.clone()),
+                at,
+            },
+        )
+        .await
     }
 
     /// Delete a memento.
@@ -269,25 +303,19 @@ impl MementoWriteApi {
         id: Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
-        let route = format!("DELETE /mementos/caretakers/{}/mementos/{}", name.0, id.0);
-        let ctx = context(&auth.0, request_id(req), idempotency_key.0, &route, &())?;
         let at = Utc::now();
-        let committed = self
-            .engine()
-            .execute::<Caretaker, _>(
-                &name.0,
-                || CaretakerCommand::DeleteMemento {
-                    memento_id: id.0.clone(),
-                    at,
-                },
-                &self.state.memento,
-                &ctx,
-            )
-            .await?;
-        Ok(Written::from_committed(
-            &committed, CARETAKER, &name.0, false,
-        ))
+        self.execute::<Caretaker>(
+            call(&auth, req, idempotency_key),
+            &format!("DELETE /mementos/caretakers/{}/mementos/{}", name.0, id.0),
+            &(),
+            &name.0,
+            false,
+            || CaretakerCommand::DeleteMemento {
+                memento_id: id.0.clone(),
+                at,
+            },
+        )
+        .await
     }
 
     /// Remove expired mementos, then the oldest while over the caretaker's limit.
@@ -299,22 +327,16 @@ impl MementoWriteApi {
         name: Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
-        let route = format!("POST /mementos/caretakers/{}/cleanup", name.0);
-        let ctx = context(&auth.0, request_id(req), idempotency_key.0, &route, &())?;
         let now = Utc::now();
-        let committed = self
-            .engine()
-            .execute::<Caretaker, _>(
-                &name.0,
-                || CaretakerCommand::Cleanup { now },
-                &self.state.memento,
-                &ctx,
-            )
-            .await?;
-        Ok(Written::from_committed(
-            &committed, CARETAKER, &name.0, false,
-        ))
+        self.execute::<Caretaker>(
+            call(&auth, req, idempotency_key),
+            &format!("POST /mementos/caretakers/{}/cleanup", name.0),
+            &(),
+            &name.0,
+            false,
+            || CaretakerCommand::Cleanup { now },
+        )
+        .await
     }
 
     /// Restore a memento into its originator (undo). `If-Match` guards the originator's
@@ -408,32 +430,24 @@ impl MementoWriteApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: Json<CreateOriginatorRequest>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
-        let ctx = context(
-            &auth.0,
-            request_id(req),
-            idempotency_key.0,
-            "POST /originators",
-            &body.0,
-        )?;
-        let id = body.0.id.clone().map_or_else(new_id, Text::into_string);
         let at = Utc::now();
-        let committed = self
-            .engine()
-            .execute::<Originator, _>(
-                &id,
-                || OriginatorCommand::CreateOriginator {
-                    id: id.clone(),
-                    kind: body.0.kind.into(),
-                    name: body.0.name.to_string(),
-                    state: body.0.state.clone(),
-                    at,
-                },
-                &self.state.memento,
-                &ctx,
-            )
-            .await?;
-        Ok(Written::from_committed(&committed, ORIGINATOR, &id, true))
+        let request = &body.0;
+        let id = request.id.clone().map_or_else(new_id, Text::into_string);
+        self.execute::<Originator>(
+            call(&auth, req, idempotency_key),
+            "POST /originators",
+            request,
+            &id,
+            true,
+            || OriginatorCommand::CreateOriginator {
+                id: id.clone(),
+                kind: request.kind.into(),
+                name: request.name.to_string(),
+                state: request.state.clone(),
+                at,
+            },
+        )
+        .await
     }
 
     /// Change an originator's state.
@@ -451,33 +465,21 @@ impl MementoWriteApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: Json<SetStateRequest>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
-        let expected = expected_version(if_match.0, body.0.expected_version)?;
-        let route = format!("PUT /originators/{}/state", id.0);
-        let ctx = context(
-            &auth.0,
-            request_id(req),
-            idempotency_key.0,
-            &route,
-            &(&body.0, expected),
-        )?;
         let at = Utc::now();
-        let committed = self
-            .engine()
-            .execute::<Originator, _>(
-                &id.0,
-                || OriginatorCommand::SetState {
-                    state: body.0.state.clone(),
-                    expected_version: expected,
-                    at,
-                },
-                &self.state.memento,
-                &ctx,
-            )
-            .await?;
-        Ok(Written::from_committed(
-            &committed, ORIGINATOR, &id.0, false,
-        ))
+        let expected = expected_version(if_match.0, body.0.expected_version)?;
+        self.execute::<Originator>(
+            call(&auth, req, idempotency_key),
+            &format!("PUT /originators/{}/state", id.0),
+            &(&body.0, expected),
+            &id.0,
+            false,
+            || OriginatorCommand::SetState {
+                state: body.0.state.clone(),
+                expected_version: expected,
+                at,
+            },
+        )
+        .await
     }
 
     /// Capture an originator's current state as a memento in a caretaker.

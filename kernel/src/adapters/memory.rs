@@ -212,6 +212,7 @@ impl ReadCache for MemoryCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -281,6 +281,7 @@ impl ReadCache for RedisCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::glob_escape;
 

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use kernel::adapters::sql::{MySqlEventStore, SqliteEventStore};
 use sqlx::Connection;
 
+pub mod rig;
+
 /// The server that MariaDB tests use, without a database name.
 pub fn mysql_base_url() -> String {
     std::env::var("MYSQL_TEST_URL")
