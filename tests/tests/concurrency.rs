@@ -51,11 +51,8 @@ async fn concurrent_changes_are_contiguous(app: TestApp) {
                 .json(&json!({ "state": { "content": format!("writer {i}") } }))
         })
         .collect();
-    let t = std::time::Instant::now();
     let replies = all_at_once(requests).await;
-    eprintln!("writes took {:?}", t.elapsed());
     let won: Vec<&Reply> = replies.iter().filter(|r| r.status.is_success()).collect();
-    eprintln!("won {}", won.len());
     assert!(!won.is_empty(), "at least one writer wins");
     let n = 1 + won.len() as u64;
 
@@ -76,12 +73,10 @@ async fn concurrent_changes_are_contiguous(app: TestApp) {
 
     // The read model agrees.
     let last = *positions.last().expect("a position");
-    let t = std::time::Instant::now();
     let history = app
         .get_at("/originators/d1/history?limit=100", last)
         .await
         .expect_status(StatusCode::OK);
-    eprintln!("read took {:?}", t.elapsed());
     let seen: Vec<u64> = history.body["items"]
         .as_array()
         .expect("items")
@@ -216,3 +211,53 @@ async fn concurrent_creates_all_succeed(app: TestApp) {
     );
 }
 both_backends!(concurrent_creates_all_succeed);
+
+/// Read-your-writes right after a contended burst, with the default `min_position_wait`
+/// (2s). On MariaDB, every rolled-back insert leaves an auto-increment gap, and the feed
+/// clears the gaps one at a time (each needs its own gap_min_wait + INNODB_TRX check), so the
+/// projection needs ~3-4s to pass 16 contended writes and the read answers 503.
+async fn contended_burst_is_readable_within_the_default_wait(app: TestApp) {
+    app.create_document("d1", "start").await;
+    let requests = (0..WRITERS)
+        .map(|i| {
+            app.write(Method::PUT, "/originators/d1/state")
+                .json(&json!({ "state": { "content": format!("writer {i}") } }))
+        })
+        .collect();
+    let replies = all_at_once(requests).await;
+    let last = replies
+        .iter()
+        .filter(|r| r.status.is_success())
+        .map(Reply::position)
+        .max()
+        .expect("a winner");
+    app.get_at("/originators/d1", last)
+        .await
+        .expect_status(StatusCode::OK);
+}
+mod contended_burst_is_readable_within_the_default_wait {
+    fn default_wait(s: &mut kernel::config::Settings) {
+        s.read.min_position_wait = std::time::Duration::from_secs(2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        let app =
+            quintet_tests::spawn_app_with(quintet_tests::Backend::Embedded, default_wait).await;
+        quintet_tests::run_scenario(super::contended_burst_is_readable_within_the_default_wait(
+            app,
+        ))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "bug: MariaDB feed releases rolled-back auto-increment gaps one at a time (kernel/src/feed.rs release_gap), so a min_position read after 16 contended writes takes ~3-4s and gets 503 with the default 2s wait"]
+    async fn mariadb() {
+        let app =
+            quintet_tests::spawn_app_with(quintet_tests::Backend::MariaDb, default_wait).await;
+        quintet_tests::run_scenario(super::contended_burst_is_readable_within_the_default_wait(
+            app,
+        ))
+        .await;
+    }
+}

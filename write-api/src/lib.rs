@@ -2,6 +2,7 @@
 //! the kernel's engine, and answer only after the event store has committed, with the
 //! committed global `position` (body and `X-Quintet-Position`).
 
+pub mod jobs;
 pub mod memento;
 pub mod write;
 
@@ -67,6 +68,11 @@ pub async fn serve(
         engine: backends.engine.clone(),
         memento: settings.memento.policy(),
     };
+    tokio::spawn(jobs::run_cleanup(
+        state.clone(),
+        settings.memento.cleanup_interval,
+        shutdown.clone(),
+    ));
     let app = app(state, settings, readiness(backends));
     web::server::run(listener, app, shutdown.wait()).await
 }

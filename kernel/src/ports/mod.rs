@@ -32,6 +32,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// position below the ones already visible. Backends that commit positions in order answer false.
     async fn gap_may_fill(&self, since: chrono::DateTime<chrono::Utc>) -> KernelResult<bool>;
 
+    /// Ids of the aggregates of a type, in id order, after `after` (exclusive), at most `limit`.
+    async fn aggregate_ids(
+        &self,
+        aggregate_type: &str,
+        after: &str,
+        limit: u32,
+    ) -> KernelResult<Vec<String>>;
+
     /// The highest committed position (0 when empty).
     async fn head_position(&self) -> KernelResult<u64>;
 

@@ -582,6 +582,26 @@ macro_rules! sql_event_store {
                 self.check_gap(since).await
             }
 
+            async fn aggregate_ids(
+                &self,
+                aggregate_type: &str,
+                after: &str,
+                limit: u32,
+            ) -> $crate::error::KernelResult<Vec<String>> {
+                let ids: Vec<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT DISTINCT aggregate_id FROM events \
+                     WHERE aggregate_type = ? AND aggregate_id > ? \
+                     ORDER BY aggregate_id LIMIT ?",
+                )
+                .bind(aggregate_type)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await
+                .map_err($crate::error::KernelError::storage)?;
+                ids.into_iter().map($crate::adapters::sql::text).collect()
+            }
+
             async fn head_position(&self) -> $crate::error::KernelResult<u64> {
                 let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
                     .fetch_one(self.reader())
