@@ -2,7 +2,6 @@
 //! read-model changes atomically with its checkpoint and per-aggregate versions, so a crash
 //! at any moment neither loses nor doubles an effect.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use crate::engine::Engine;
 use crate::envelope::RecordedEvent;
 use crate::error::KernelResult;
 use crate::feed::{Hub, Tailer};
-use crate::ports::{DocOp, ReadStore};
+use crate::ports::{EventEffect, ReadStore};
 
 /// The aggregate key used for per-aggregate version guards.
 pub fn aggregate_key(aggregate_type: &str, aggregate_id: &str) -> String {
@@ -106,39 +105,22 @@ impl ProjectionRunner {
         }
     }
 
-    /// Projects a batch and applies it with the checkpoint in one read-store transaction,
-    /// skipping events an earlier run already applied.
+    /// Projects a batch and applies it with the checkpoint in one read-store transaction;
+    /// the store skips events an earlier (or a concurrent) run already applied.
     pub async fn apply(&self, events: &[RecordedEvent], checkpoint: u64) -> KernelResult<()> {
-        let keys: Vec<String> = events
-            .iter()
-            .map(|event| aggregate_key(&event.aggregate_type, &event.aggregate_id))
-            .collect();
-        let mut applied: HashMap<String, u64> = self
-            .read
-            .versions(self.projection.name(), &keys)
-            .await?
-            .into_iter()
-            .collect();
-        let mut ops: Vec<DocOp> = Vec::new();
-        for (event, key) in events.iter().zip(keys) {
-            let seen = applied.get(&key).copied().unwrap_or(0);
-            if event.sequence <= seen {
-                continue;
-            }
-            ops.extend(
-                self.projection
+        let mut effects = Vec::with_capacity(events.len());
+        for event in events {
+            effects.push(EventEffect {
+                aggregate_key: aggregate_key(&event.aggregate_type, &event.aggregate_id),
+                sequence: event.sequence,
+                ops: self
+                    .projection
                     .project(event)
                     .map_err(crate::KernelError::storage)?,
-            );
-            applied.insert(key, event.sequence);
+            });
         }
         self.read
-            .apply(
-                self.projection.name(),
-                ops,
-                applied.into_iter().collect(),
-                checkpoint,
-            )
+            .apply_guarded(self.projection.name(), effects, checkpoint)
             .await
     }
 }

@@ -186,6 +186,9 @@ impl EventStore for CommitDuringGapCheck {
         }
         self.inner.gap_may_fill(since).await
     }
+    async fn aggregate_ids(&self, t: &str, after: &str, limit: u32) -> KernelResult<Vec<String>> {
+        self.inner.aggregate_ids(t, after, limit).await
+    }
     async fn head_position(&self) -> KernelResult<u64> {
         self.inner.head_position().await
     }

@@ -56,13 +56,15 @@ struct Rig {
     _db: Db,
 }
 
+type Backends = (
+    Db,
+    Arc<dyn EventStore>,
+    Arc<dyn KeyStore>,
+    Arc<dyn SnapshotStore>,
+);
+
 async fn rig(mariadb: bool) -> Rig {
-    let (db, store, keys, snapshots): (
-        Db,
-        Arc<dyn EventStore>,
-        Arc<dyn KeyStore>,
-        Arc<dyn SnapshotStore>,
-    ) = if mariadb {
+    let (db, store, keys, snapshots): Backends = if mariadb {
         let db = support::fresh_mysql().await;
         let redis = RedisSnapshotStore::connect(&rig::redis_url(), &rig::redis_prefix())
             .await
@@ -399,8 +401,6 @@ async fn mariadb_redis_forget_shreds_every_copy() {
 /// subject's data too: the contract's "crypto-shredding across every copy" says read models
 /// are purged of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: forgetting an originator leaves its state in memento docs of other caretakers \
-            (kernel/src/domain/memento/projection.rs, fn forget: ORIGINATOR arm)"]
 async fn forget_purges_mementos_of_the_subject_in_other_caretakers() {
     let rig = rig(false).await;
     let engine = &rig.engine;

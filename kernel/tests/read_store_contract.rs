@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kernel::adapters::read_sqlite::SqliteReadStore;
-use kernel::ports::{DocOp, DocQuery, ReadStore};
+use kernel::ports::{DocOp, DocQuery, EventEffect, ReadStore};
 use serde_json::{json, Value};
 
 /// The scenarios. Each one starts from an empty store.
@@ -551,6 +551,47 @@ mod scenarios {
         assert_eq!(store.checkpoint("p").await.expect("checkpoint"), 2);
     }
 
+    /// Each event's effect lands once, however often and however concurrently it is
+    /// delivered, and an older sequence than the stored one changes nothing.
+    pub async fn guarded_effects_apply_once(store: &dyn ReadStore) {
+        ops(store, vec![upsert("c", "a", json!({"id": "a", "n": 0}))]).await;
+        let effect = |sequence: u64| EventEffect {
+            aggregate_key: "agg/1".into(),
+            sequence,
+            ops: vec![increment("c", "a", "n", 1.0)],
+        };
+        let batch = vec![effect(1), effect(2), effect(3)];
+        let (first, second) = tokio::join!(
+            store.apply_guarded("g", batch.clone(), 3),
+            store.apply_guarded("g", batch.clone(), 3),
+        );
+        first.expect("first delivery");
+        second.expect("second delivery");
+        store
+            .apply_guarded("g", batch, 3)
+            .await
+            .expect("redelivery");
+        store
+            .apply_guarded("g", vec![effect(2)], 2)
+            .await
+            .expect("an old event");
+        assert_eq!(get(store, "c", "a").await, Some(json!({"id": "a", "n": 3})));
+        assert_eq!(store.checkpoint("g").await.expect("checkpoint"), 3);
+        assert_eq!(
+            store
+                .versions("g", &["agg/1".into()])
+                .await
+                .expect("versions"),
+            vec![("agg/1".to_string(), 3)]
+        );
+        store
+            .apply_guarded("g", vec![effect(4), effect(4), effect(5)], 7)
+            .await
+            .expect("next events, one duplicated within the batch");
+        assert_eq!(get(store, "c", "a").await, Some(json!({"id": "a", "n": 5})));
+        assert_eq!(store.checkpoint("g").await.expect("checkpoint"), 7);
+    }
+
     pub async fn ping_answers(store: &dyn ReadStore) {
         store.ping().await.expect("ping");
     }
@@ -644,6 +685,7 @@ macro_rules! all_scenarios {
                 find_filters_sorts_and_pages,
                 equality_respects_json_types,
                 reset_drops_only_that_projection,
+                guarded_effects_apply_once,
                 ping_answers,
                 bulk_apply_is_fast,
             ]

@@ -5,7 +5,8 @@
 //! events fails the build; and every event the enums can produce today must have a fixture,
 //! so a new event or version cannot ship without one.
 //!
-//! To add the fixture of a new event or version, run once with `QUINTET_WRITE_FIXTURES=1`:
+//! To add the fixture of a new event or version, run once with `QUINTET_WRITE_FIXTURES=1`
+//! (`cargo test -p quintet-kernel --test schema_fixtures every_event_type_and_version_has_a_fixture`):
 //! missing files are written from the samples below. Existing files are never rewritten —
 //! they are the record of what older code stored.
 

@@ -123,15 +123,9 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
 
     // Assembled exactly as `quintet up` does.
     let (stop, shutdown) = web::server::shutdown_channel();
-    let backends = kernel::wiring::connect_write_side(&settings)
+    let (backends, read_state) = read_api::connect_and_start(&settings, shutdown.clone())
         .await
-        .expect("connect the write side");
-    let read = kernel::wiring::connect_read_store(&settings)
-        .await
-        .expect("connect the read store");
-    let read_state = read_api::start(&settings, backends.engine.clone(), read, shutdown.clone())
-        .await
-        .expect("start projections and hub");
+        .expect("connect the backends, start projections and hub");
     let write_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind write-api");
     let read_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind read-api");
     let write_url = format!(
@@ -255,6 +249,13 @@ impl TestApp {
                 role,
                 Duration::from_secs(600),
             )
+            .expect("mint a token")
+    }
+
+    /// A token for `role` that expires after `ttl`.
+    pub fn token_with_ttl(&self, role: Role, ttl: Duration) -> String {
+        self.keys
+            .mint("e2e-short-lived", role, ttl)
             .expect("mint a token")
     }
 

@@ -61,6 +61,20 @@ async fn connect(
     Ok(socket)
 }
 
+/// Connects, then waits until the server has processed everything up to a barrier (an
+/// empty message, answered with an error), so whatever it sends on its own at connect time
+/// (today: a `subscribed` ack of an implicit match-all subscription) is out of the way.
+async fn connect_ready(app: &TestApp, auth: Auth<'_>) -> Socket {
+    let mut socket = connect(app, auth).await.expect("connected");
+    send(&mut socket, json!({})).await;
+    loop {
+        let message = next(&mut socket).await.expect("the socket stays open");
+        if message["type"] == "error" {
+            return socket;
+        }
+    }
+}
+
 async fn send(socket: &mut Socket, message: Value) {
     socket
         .send(Message::text(message.to_string()))
@@ -129,7 +143,7 @@ async fn three_ways_to_authenticate(app: TestApp) {
         Auth::Protocol(&reader),
         Auth::FirstMessage(&reader),
     ] {
-        let mut socket = connect(&app, auth).await.expect("connected");
+        let mut socket = connect_ready(&app, auth).await;
         subscribe(&mut socket, json!({})).await;
         let p = app
             .create_caretaker(&format!("c{}", uuid::Uuid::new_v4().simple()))
@@ -140,9 +154,7 @@ async fn three_ways_to_authenticate(app: TestApp) {
     }
     // A writer (a higher role) may read the stream too.
     let writer = app.token(Role::Writer);
-    let mut socket = connect(&app, Auth::Protocol(&writer))
-        .await
-        .expect("connected");
+    let mut socket = connect_ready(&app, Auth::Protocol(&writer)).await;
     subscribe(&mut socket, json!({})).await;
 }
 both_backends!(three_ways_to_authenticate);
@@ -220,17 +232,13 @@ both_backends!(
 
 async fn filters_deliver_exactly_the_matching_events(app: TestApp) {
     let reader = app.token(Role::Reader);
-    let mut filtered = connect(&app, Auth::Protocol(&reader))
-        .await
-        .expect("connected");
+    let mut filtered = connect_ready(&app, Auth::Protocol(&reader)).await;
     subscribe(
         &mut filtered,
         json!({ "event_types": ["memento_created"], "aggregate_id": "c1" }),
     )
     .await;
-    let mut lifecycle = connect(&app, Auth::Query(&reader))
-        .await
-        .expect("connected");
+    let mut lifecycle = connect_ready(&app, Auth::FirstMessage(&reader)).await;
     subscribe(
         &mut lifecycle,
         json!({ "contexts": ["memento"], "aggregate_id": "c1" }),
@@ -370,40 +378,57 @@ async fn resume_from_a_position_has_no_gap_and_no_duplicate(app: TestApp) {
     }
     let from = written[BEFORE / 2];
 
-    // More writes go on while the client connects, replays and goes live.
-    let writer = {
-        let request = |i: usize| {
-            app.write(reqwest::Method::PUT, "/originators/d1/state")
-                .json(&json!({ "state": { "content": format!("live {i}") } }))
-        };
-        let requests: Vec<_> = (0..DURING).map(request).collect();
-        tokio::spawn(async move {
-            let mut positions = Vec::new();
-            for request in requests {
-                let reply = quintet_tests::Reply::of(request)
-                    .await
-                    .expect_status(StatusCode::OK);
-                positions.push(reply.position());
-                tokio::task::yield_now().await;
-            }
-            positions
-        })
-    };
     let reader = app.token(Role::Reader);
-    let mut socket = connect(&app, Auth::Protocol(&reader))
-        .await
-        .expect("connected");
-    let (mut received, live_from) = subscribe(
+    let mut socket = connect_ready(&app, Auth::Protocol(&reader)).await;
+    send(
         &mut socket,
-        json!({ "from_position": from, "aggregate_id": "d1" }),
+        json!({ "subscribe": { "from_position": from, "aggregate_id": "d1" } }),
     )
     .await;
-    assert!(live_from >= from);
-    written.extend(writer.await.expect("the writer"));
+    // More writes go on while the server replays and goes live.
+    let requests: Vec<_> = (0..DURING)
+        .map(|i| {
+            app.write(reqwest::Method::PUT, "/originators/d1/state")
+                .json(&json!({ "state": { "content": format!("live {i}") } }))
+        })
+        .collect();
+    let writer = tokio::spawn(async move {
+        let mut positions = Vec::new();
+        for request in requests {
+            let reply = quintet_tests::Reply::of(request)
+                .await
+                .expect_status(StatusCode::OK);
+            positions.push(reply.position());
+        }
+        positions
+    });
+    let mut received = Vec::new();
+    let mut live_from = None;
+    let mut keep = |message: Value, received: &mut Vec<Value>| {
+        if message["type"] == "subscribed" {
+            live_from = message["position"].as_u64();
+        } else {
+            received.push(message);
+        }
+    };
+    // Drain the socket while the writer runs (the server's buffer per client is bounded).
+    let mut writer = writer;
+    let during = loop {
+        tokio::select! {
+            done = &mut writer => break done.expect("the writer"),
+            message = next(&mut socket) => keep(message.expect("the socket stays open"), &mut received),
+        }
+    };
+    written.extend(during);
     let last = *written.last().expect("writes");
-    if positions(&received).last().copied().unwrap_or(0) < last {
-        received.extend(events_until(&mut socket, last).await);
+    while positions(&received).last().copied().unwrap_or(0) < last {
+        keep(
+            next(&mut socket).await.expect("the socket stays open"),
+            &mut received,
+        );
     }
+    let live_from = live_from.expect("a subscribed ack");
+    assert!(live_from >= from);
 
     let got = positions(&received);
     assert!(
@@ -423,7 +448,6 @@ async fn resume_from_a_position_has_no_gap_and_no_duplicate(app: TestApp) {
         sequences.windows(2).all(|w| w[1] == w[0] + 1),
         "contiguous sequences: {sequences:?}"
     );
-    // Nothing more arrives.
     assert!(
         tokio::time::timeout(Duration::from_millis(200), socket.next())
             .await
@@ -442,12 +466,15 @@ async fn resume_from_zero_replays_everything(app: TestApp) {
     ];
     written.sort_unstable();
     let reader = app.token(Role::Reader);
-    let mut socket = connect(&app, Auth::Query(&reader))
-        .await
-        .expect("connected");
-    let (replayed, live_from) = subscribe(&mut socket, json!({ "from_position": 0 })).await;
-    assert_eq!(positions(&replayed), written);
-    assert_eq!(live_from, *written.last().expect("written"));
+    let mut socket = connect_ready(&app, Auth::Query(&reader)).await;
+    let (mut received, live_from) = subscribe(&mut socket, json!({ "from_position": 0 })).await;
+    let last = *written.last().expect("written");
+    assert!(live_from <= last);
+    // The replay covers what the live feed had sent when subscribing; the rest comes live.
+    if live_from < last {
+        received.extend(events_until(&mut socket, last).await);
+    }
+    assert_eq!(positions(&received), written);
     // Then live.
     let p = app.create_caretaker("c").await;
     assert_eq!(positions(&events_until(&mut socket, p).await), vec![p]);
@@ -457,9 +484,7 @@ both_backends!(resume_from_zero_replays_everything);
 /// Malformed client messages get an error message, not a dropped connection.
 async fn bad_client_messages_get_an_error(app: TestApp) {
     let reader = app.token(Role::Reader);
-    let mut socket = connect(&app, Auth::Query(&reader))
-        .await
-        .expect("connected");
+    let mut socket = connect_ready(&app, Auth::Query(&reader)).await;
     subscribe(&mut socket, json!({})).await;
     for text in [
         "not json",
@@ -477,3 +502,54 @@ async fn bad_client_messages_get_an_error(app: TestApp) {
     assert_eq!(positions(&events_until(&mut socket, p).await), vec![p]);
 }
 both_backends!(bad_client_messages_get_an_error);
+
+/// A socket is closed with 4001 when its token expires.
+async fn expired_token_closes_the_socket(app: TestApp) {
+    let token = app.token_with_ttl(Role::Reader, Duration::from_secs(1));
+    let mut socket = connect_ready(&app, Auth::Query(&token)).await;
+    subscribe(&mut socket, json!({})).await;
+    loop {
+        match next(&mut socket).await {
+            Ok(message) => assert_eq!(message["type"], "subscribed", "{message}"),
+            Err(code) => {
+                assert_eq!(code, Some(4001));
+                break;
+            }
+        }
+    }
+}
+both_backends!(expired_token_closes_the_socket);
+
+/// Before a client subscribes, the server sends it no events: otherwise a client that
+/// resumes with `from_position` gets live events first (under an implicit match-all
+/// subscription) and then the same events again in the replay, and cannot tell them apart.
+async fn no_events_before_subscribe(app: TestApp) {
+    let reader = app.token(Role::Reader);
+    let mut socket = connect(&app, Auth::Protocol(&reader))
+        .await
+        .expect("connected");
+    let p = app.create_caretaker("c1").await;
+    let early = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            let message = next(&mut socket).await.expect("open");
+            if message["type"] != "subscribed" {
+                return message;
+            }
+        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "an event arrived before any subscribe: {early:?}"
+    );
+    let (replayed, _) = subscribe(&mut socket, json!({ "from_position": p - 1 })).await;
+    assert_eq!(positions(&replayed), vec![p]);
+}
+mod no_events_before_subscribe {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "bug: read-api/src/ws.rs Session::run starts with Subscription::default() (match-all) and streams live events before the client's subscribe, so a from_position resume can see duplicates"]
+    async fn embedded() {
+        let app = quintet_tests::spawn_app(quintet_tests::Backend::Embedded).await;
+        quintet_tests::run_scenario(super::no_events_before_subscribe(app)).await;
+    }
+}

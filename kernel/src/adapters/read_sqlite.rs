@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 
 use crate::error::{KernelError, KernelResult};
-use crate::ports::{AggregateVersions, DocOp, DocPage, DocQuery, ReadStore};
+use crate::ports::{AggregateVersions, DocOp, DocPage, DocQuery, EventEffect, ReadStore};
 
 /// How long a statement waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +66,84 @@ impl std::fmt::Debug for SqliteReadStore {
 }
 
 impl SqliteReadStore {
+    /// The reset itself; see `ReadStore::reset`.
+    async fn reset_now(&self, projection: &str, collections: &[&str]) -> KernelResult<()> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(KernelError::storage)?;
+        for collection in collections {
+            sqlx::query("DELETE FROM documents WHERE collection = ?")
+                .bind(*collection)
+                .execute(&mut *tx)
+                .await
+                .map_err(KernelError::storage)?;
+        }
+        sqlx::query("DELETE FROM aggregate_versions WHERE projection = ?")
+            .bind(projection)
+            .execute(&mut *tx)
+            .await
+            .map_err(KernelError::storage)?;
+        sqlx::query("DELETE FROM checkpoints WHERE projection = ?")
+            .bind(projection)
+            .execute(&mut *tx)
+            .await
+            .map_err(KernelError::storage)?;
+        tx.commit().await.map_err(KernelError::storage)
+    }
+
+    /// The guarded apply itself; see `ReadStore::apply_guarded`.
+    async fn apply_guarded_now(
+        &self,
+        projection: &str,
+        effects: Vec<EventEffect>,
+        checkpoint: u64,
+    ) -> KernelResult<()> {
+        let checkpoint = to_i64(checkpoint, "checkpoint")?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(KernelError::storage)?;
+        match apply_guarded_in(&mut tx, projection, &effects, checkpoint).await {
+            Ok(()) => tx.commit().await.map_err(KernelError::storage),
+            Err(err) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "read store rollback failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The apply itself; see `ReadStore::apply`.
+    async fn apply_now(
+        &self,
+        projection: &str,
+        ops: Vec<DocOp>,
+        versions: AggregateVersions,
+        checkpoint: u64,
+    ) -> KernelResult<()> {
+        let checkpoint = to_i64(checkpoint, "checkpoint")?;
+        // IMMEDIATE takes the write lock up front, so the busy timeout applies to it.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(KernelError::storage)?;
+        match apply_in(&mut tx, projection, &ops, &versions, checkpoint).await {
+            Ok(()) => tx.commit().await.map_err(KernelError::storage),
+            Err(err) => {
+                // The error that matters is the op's; a failed rollback also discards the writes.
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "read store rollback failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
     /// Opens (creating it if needed) the read-store file. Accepts a plain path, `:memory:` or a
     /// `sqlite:` URL. `max_connections` sizes the read pool; writes use one extra connection.
     pub async fn connect(path_or_url: &str, max_connections: u32) -> KernelResult<Self> {
@@ -323,6 +401,44 @@ async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
     .map_err(KernelError::storage)
 }
 
+/// Applies the effects above their aggregate's stored version, inside the caller's transaction.
+async fn apply_guarded_in(
+    conn: &mut SqliteConnection,
+    projection: &str,
+    effects: &[EventEffect],
+    checkpoint: i64,
+) -> KernelResult<()> {
+    let mut applied: HashMap<&str, u64> = HashMap::new();
+    for effect in effects {
+        let seen = match applied.get(effect.aggregate_key.as_str()) {
+            Some(seen) => *seen,
+            None => {
+                let stored: Option<i64> = sqlx::query_scalar(
+                    "SELECT sequence FROM aggregate_versions WHERE projection = ? AND aggregate_key = ?",
+                )
+                .bind(projection)
+                .bind(effect.aggregate_key.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(KernelError::storage)?;
+                stored.map_or(0, |s| u64::try_from(s).unwrap_or(0))
+            }
+        };
+        if effect.sequence <= seen {
+            continue;
+        }
+        for op in &effect.ops {
+            apply_op(conn, op).await?;
+        }
+        applied.insert(effect.aggregate_key.as_str(), effect.sequence);
+    }
+    let versions: AggregateVersions = applied
+        .into_iter()
+        .map(|(key, sequence)| (key.to_string(), sequence))
+        .collect();
+    apply_in(conn, projection, &[], &versions, checkpoint).await
+}
+
 async fn apply_in(
     conn: &mut SqliteConnection,
     projection: &str,
@@ -354,6 +470,9 @@ async fn apply_in(
 
 #[async_trait]
 impl ReadStore for SqliteReadStore {
+    /// Runs to completion in a task of its own even if the caller is cancelled: a write
+    /// transaction cut between BEGIN and its guard would leave the single writer connection
+    /// inside it (sqlx-sqlite 0.8).
     async fn apply(
         &self,
         projection: &str,
@@ -361,23 +480,33 @@ impl ReadStore for SqliteReadStore {
         versions: AggregateVersions,
         checkpoint: u64,
     ) -> KernelResult<()> {
-        let checkpoint = to_i64(checkpoint, "checkpoint")?;
-        // IMMEDIATE takes the write lock up front, so the busy timeout applies to it.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(KernelError::storage)?;
-        match apply_in(&mut tx, projection, &ops, &versions, checkpoint).await {
-            Ok(()) => tx.commit().await.map_err(KernelError::storage),
-            Err(err) => {
-                // The error that matters is the op's; a failed rollback also discards the writes.
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "read store rollback failed");
-                }
-                Err(err)
-            }
-        }
+        let store = self.clone();
+        let projection = projection.to_string();
+        tokio::spawn(async move {
+            store
+                .apply_now(&projection, ops, versions, checkpoint)
+                .await
+        })
+        .await
+        .map_err(|err| KernelError::Storage(format!("read store task: {err}")))?
+    }
+
+    /// In a task of its own for the same reason as `apply`.
+    async fn apply_guarded(
+        &self,
+        projection: &str,
+        effects: Vec<EventEffect>,
+        checkpoint: u64,
+    ) -> KernelResult<()> {
+        let store = self.clone();
+        let projection = projection.to_string();
+        tokio::spawn(async move {
+            store
+                .apply_guarded_now(&projection, effects, checkpoint)
+                .await
+        })
+        .await
+        .map_err(|err| KernelError::Storage(format!("read store task: {err}")))?
     }
 
     async fn checkpoint(&self, projection: &str) -> KernelResult<u64> {
@@ -493,30 +622,17 @@ impl ReadStore for SqliteReadStore {
         })
     }
 
+    /// In a task of its own for the same reason as `apply`.
     async fn reset(&self, projection: &str, collections: &[&str]) -> KernelResult<()> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(KernelError::storage)?;
-        for collection in collections {
-            sqlx::query("DELETE FROM documents WHERE collection = ?")
-                .bind(*collection)
-                .execute(&mut *tx)
-                .await
-                .map_err(KernelError::storage)?;
-        }
-        sqlx::query("DELETE FROM aggregate_versions WHERE projection = ?")
-            .bind(projection)
-            .execute(&mut *tx)
-            .await
-            .map_err(KernelError::storage)?;
-        sqlx::query("DELETE FROM checkpoints WHERE projection = ?")
-            .bind(projection)
-            .execute(&mut *tx)
-            .await
-            .map_err(KernelError::storage)?;
-        tx.commit().await.map_err(KernelError::storage)
+        let store = self.clone();
+        let projection = projection.to_string();
+        let collections: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
+        tokio::spawn(async move {
+            let collections: Vec<&str> = collections.iter().map(String::as_str).collect();
+            store.reset_now(&projection, &collections).await
+        })
+        .await
+        .map_err(|err| KernelError::Storage(format!("read store task: {err}")))?
     }
 
     async fn ping(&self) -> KernelResult<()> {

@@ -159,6 +159,15 @@ pub struct DocPage {
     pub total: u64,
 }
 
+/// What one event does to the read models, guarded by its aggregate's sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventEffect {
+    /// `aggregate_type/aggregate_id`.
+    pub aggregate_key: String,
+    pub sequence: u64,
+    pub ops: Vec<DocOp>,
+}
+
 /// The per-aggregate high-water marks a projection has applied, for idempotency.
 pub type AggregateVersions = Vec<(String, u64)>;
 
@@ -172,6 +181,16 @@ pub trait ReadStore: Send + Sync + 'static {
         projection: &str,
         ops: Vec<DocOp>,
         versions: AggregateVersions,
+        checkpoint: u64,
+    ) -> KernelResult<()>;
+    /// Applies each effect whose sequence is above the projection's stored version of its
+    /// aggregate (checked inside the transaction, so concurrent or repeated deliveries of the
+    /// same event take effect once), records the new versions and moves the checkpoint,
+    /// atomically.
+    async fn apply_guarded(
+        &self,
+        projection: &str,
+        effects: Vec<EventEffect>,
         checkpoint: u64,
     ) -> KernelResult<()>;
     /// The last position the projection applied (0 if none).

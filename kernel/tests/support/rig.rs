@@ -413,7 +413,7 @@ fn state_for(kind: OriginatorKind, step: u64, tag: &str) -> Value {
             "records": (0..step % 4).map(|i| json!({"id": i, "tag": tag})).collect::<Vec<_>>(),
         }),
         OriginatorKind::Configuration => {
-            json!({ "tag": tag, "level": step, "nested": { "flag": step % 2 == 0 } })
+            json!({ "tag": tag, "level": step, "nested": { "odd": step % 2 == 1 } })
         }
     }
 }

@@ -500,12 +500,13 @@ macro_rules! sql_event_store {
             }
         }
 
-        #[async_trait::async_trait]
-        impl $crate::ports::EventStore for $store {
-            async fn append(
+        impl $store {
+            /// The append itself; see `EventStore::append`.
+            async fn append_now(
                 &self,
                 batch: $crate::envelope::AppendBatch,
             ) -> $crate::error::KernelResult<$crate::envelope::Committed> {
+                use $crate::ports::EventStore as _;
                 use $crate::adapters::sql as common;
                 common::validate_batch(&batch)?;
                 if let Some(idem) = &batch.idempotency {
@@ -534,6 +535,22 @@ macro_rules! sql_event_store {
                     }
                 }
                 Err(failure)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ports::EventStore for $store {
+            /// Runs to completion in a task of its own even if the caller is cancelled (a
+            /// client hanging up): a write transaction cut between BEGIN and its guard would
+            /// leave SQLite's single writer connection inside it.
+            async fn append(
+                &self,
+                batch: $crate::envelope::AppendBatch,
+            ) -> $crate::error::KernelResult<$crate::envelope::Committed> {
+                let store = self.clone();
+                tokio::spawn(async move { store.append_now(batch).await })
+                    .await
+                    .map_err(|err| $crate::error::KernelError::storage(format!("append task: {err}")))?
             }
 
             async fn load_stream(

@@ -105,10 +105,16 @@ fn forget(aggregate_type: &str, aggregate_id: &str) -> Vec<DocOp> {
                 value: json!(aggregate_id),
             },
         ],
+        // Mementos of the originator in any caretaker hold copies of its state.
         ORIGINATOR => vec![
             tombstone(ORIGINATORS, aggregate_id),
             DocOp::TombstoneWhere {
                 collection: HISTORY.to_string(),
+                field: "originator_id".to_string(),
+                value: json!(aggregate_id),
+            },
+            DocOp::TombstoneWhere {
+                collection: MEMENTOS.to_string(),
                 field: "originator_id".to_string(),
                 value: json!(aggregate_id),
             },
