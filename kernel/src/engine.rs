@@ -355,15 +355,30 @@ impl Engine {
         }
         let mut attempt = 0;
         loop {
-            let uow = build().await?;
-            match self.commit(uow, ctx).await {
-                Err(KernelError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => {
-                    attempt += 1;
-                    let jitter = rand::random::<u64>() % (1 + 2 * attempt as u64);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+            let outcome = match build().await {
+                Ok(uow) => self.commit(uow, ctx).await,
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(committed) => return Ok(committed),
+                // A racer with the same idempotency key may have committed since we looked:
+                // its result is the answer, not our rejection or conflict.
+                Err(err) if ctx.idempotency.is_some() => {
+                    if let Some(first) = self.idempotent_replay(ctx).await? {
+                        return Ok(first);
+                    }
+                    if !matches!(err, KernelError::Conflict { .. })
+                        || attempt >= MAX_CONFLICT_RETRIES
+                    {
+                        return Err(err);
+                    }
                 }
-                other => return other,
+                Err(KernelError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => {}
+                Err(err) => return Err(err),
             }
+            attempt += 1;
+            let jitter = rand::random::<u64>() % (1 + 2 * attempt as u64);
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
         }
     }
 
@@ -586,6 +601,12 @@ impl Engine {
             }
             let data = serde_json::json!({"aggregate_type": aggregate_type, "aggregate_id": id});
             let sequence = self.stream_sequence(SYSTEM_AGGREGATE, &key_id).await?;
+            if sequence > 0 {
+                // Forgotten before: the tombstone event exists; deleting and purging again
+                // above was harmless.
+                forgotten.push(key_id);
+                continue;
+            }
             let batch = AppendBatch {
                 streams: vec![StreamAppend {
                     aggregate_type: SYSTEM_AGGREGATE.to_string(),

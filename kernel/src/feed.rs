@@ -18,6 +18,9 @@ use crate::ports::EventStore;
 struct Gap {
     /// The first missing position.
     position: u64,
+    /// The highest position visible when the gap was first seen. Every missing position below
+    /// it was allocated before then, so one "nothing open can fill it" answer covers them all.
+    horizon: u64,
     first_seen: Instant,
     first_seen_at: chrono::DateTime<chrono::Utc>,
     /// The store said nothing open can fill it. The gap is skipped only if a read made
@@ -32,6 +35,8 @@ pub struct Tailer {
     settings: FeedSettings,
     wake: Arc<Notify>,
     gap: Option<Gap>,
+    /// Missing positions up to here were proven rolled back.
+    released_through: u64,
 }
 
 impl Tailer {
@@ -47,6 +52,7 @@ impl Tailer {
             settings,
             wake,
             gap: None,
+            released_through: 0,
         }
     }
 
@@ -75,11 +81,12 @@ impl Tailer {
             .store
             .read_all(self.position, self.settings.batch_size)
             .await?;
+        let horizon = rows.last().map_or(0, |row| row.position);
         let mut accepted = Vec::with_capacity(rows.len());
         for row in rows {
             let expected = self.position + 1;
             if row.position == expected
-                || (row.position > expected && self.release_gap(expected).await?)
+                || (row.position > expected && self.release_gap(expected, horizon).await?)
             {
                 self.position = row.position;
                 self.gap = None;
@@ -94,12 +101,16 @@ impl Tailer {
     /// Whether the missing positions from `missing` on can be skipped: only once no
     /// transaction that was open when the gap appeared can still commit into it, or after the
     /// maximum wait when the store cannot tell.
-    async fn release_gap(&mut self, missing: u64) -> KernelResult<bool> {
+    async fn release_gap(&mut self, missing: u64, horizon: u64) -> KernelResult<bool> {
+        if missing <= self.released_through {
+            return Ok(true);
+        }
         let gap = match self.gap {
             Some(gap) if gap.position == missing => gap,
             _ => {
                 let gap = Gap {
                     position: missing,
+                    horizon,
                     first_seen: Instant::now(),
                     first_seen_at: chrono::Utc::now(),
                     cleared: false,
@@ -122,7 +133,13 @@ impl Tailer {
             return Ok(false);
         }
         if gap.cleared {
-            tracing::debug!(position = missing, ?waited, "released a rolled-back gap");
+            self.released_through = gap.horizon;
+            tracing::debug!(
+                position = missing,
+                through = gap.horizon,
+                ?waited,
+                "released rolled-back gaps"
+            );
             metrics::counter!("quintet_feed_gaps_released_total").increment(1);
             return Ok(true);
         }

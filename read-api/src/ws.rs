@@ -221,14 +221,16 @@ impl Session {
                     .exp
                     .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64),
             );
-        let mut subscription = Subscription::default();
+        // Nothing flows before the first subscription, so a `from_position` replay can never
+        // repeat events the client already got live.
+        let Some(mut subscription) = self.first_subscription(expires).await? else {
+            return Ok(());
+        };
         'subscribed: loop {
             let (live_from, mut live) = self.state.hub.subscribe();
             let mut sent_up_to = live_from;
             if let Some(from) = subscription.from_position {
                 self.replay(&subscription, from, live_from).await?;
-            } else {
-                sent_up_to = live_from;
             }
             self.send(json!({"type": "subscribed", "position": live_from}).to_string())
                 .await?;
@@ -262,6 +264,32 @@ impl Session {
                         Some(Ok(_)) => {}
                         Some(Err(err)) => return Err(err.to_string()),
                     }
+                }
+            }
+        }
+    }
+
+    /// Waits for the first `{"subscribe": {...}}`; `None` if the client leaves first.
+    async fn first_subscription(
+        &mut self,
+        expires: tokio::time::Instant,
+    ) -> Result<Option<Subscription>, String> {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(expires) => {
+                    return self.close(CLOSE_UNAUTHORIZED, "token expired").await.map(|_| None);
+                }
+                incoming = self.stream.next() => match incoming {
+                    Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
+                        Ok(ClientMessage { subscribe: Some(subscription), .. }) => {
+                            return Ok(Some(subscription));
+                        }
+                        Ok(_) => self.send(json!({"type": "error", "detail": "expected {\"subscribe\": {...}}"}).to_string()).await?,
+                        Err(detail) => self.send(json!({"type": "error", "detail": detail}).to_string()).await?,
+                    },
+                    Some(Ok(Message::Close(_))) | None => return Ok(None),
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => return Err(err.to_string()),
                 }
             }
         }

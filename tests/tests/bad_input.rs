@@ -172,7 +172,6 @@ async fn wrong_type_names_the_field(app: TestApp) {
 }
 mod wrong_type_names_the_field {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: poem-openapi reports the request type (CreateCaretakerRequest), not the field, for wrong types; web/src/problem.rs field_of puts it in errors[].field"]
     async fn embedded() {
         let app = quintet_tests::spawn_app(quintet_tests::Backend::Embedded).await;
         quintet_tests::run_scenario(super::wrong_type_names_the_field(app)).await;

@@ -251,7 +251,6 @@ mod contended_burst_is_readable_within_the_default_wait {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: MariaDB feed releases rolled-back auto-increment gaps one at a time (kernel/src/feed.rs release_gap), so a min_position read after 16 contended writes takes ~3-4s and gets 503 with the default 2s wait"]
     async fn mariadb() {
         let app =
             quintet_tests::spawn_app_with(quintet_tests::Backend::MariaDb, default_wait).await;

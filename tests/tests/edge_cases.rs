@@ -380,7 +380,6 @@ async fn longest_idempotency_key_works(app: TestApp) {
 }
 mod longest_idempotency_key_works {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: write-api/src/write.rs scopes the key as \"{sub}:{key}\" after checking key.len() <= 255, and the event store refuses keys over 255 (kernel/src/adapters/sql/mod.rs check_len), so a 255-char key gets 422 idempotency_key"]
     async fn embedded() {
         let app = quintet_tests::spawn_app(quintet_tests::Backend::Embedded).await;
         quintet_tests::run_scenario(super::longest_idempotency_key_works(app)).await;

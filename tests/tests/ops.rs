@@ -75,7 +75,6 @@ async fn metrics_count_requests_before_the_first_scrape(app: TestApp) {
 }
 mod metrics_count_requests_before_the_first_scrape {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: web/src/ops.rs installs the Prometheus recorder lazily on the first /metrics request, so every metric recorded before the first scrape is dropped"]
     async fn embedded() {
         let app = quintet_tests::spawn_app(quintet_tests::Backend::Embedded).await;
         quintet_tests::run_scenario(super::metrics_count_requests_before_the_first_scrape(app))

@@ -12,4 +12,4 @@ pub mod strict;
 
 pub use auth::{BearerAuth, Claims, JwtKeys, Role};
 pub use problem::{ApiError, ApiResult, FieldError, ProblemBody};
-pub use strict::Text;
+pub use strict::{StrictJson, Text};

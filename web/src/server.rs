@@ -31,6 +31,8 @@ pub fn app<T: OpenApi + 'static>(
     readiness: Readiness,
     base: Route,
 ) -> impl Endpoint<Output = Response> {
+    // Installed now, so what is recorded before the first scrape is not lost.
+    ops::metrics_handle();
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
     let route = base

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use poem::Request;
 use poem_openapi::param::{Header, Path};
-use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi, Tags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use kernel::domain::memento::{
@@ -19,7 +18,7 @@ use kernel::domain::{DomainError, EventSourced};
 use kernel::engine::{Engine, UnitOfWork};
 use kernel::KernelError;
 use web::server::RequestId;
-use web::{ApiError, ApiResult, BearerAuth, Role, Text};
+use web::{ApiError, ApiResult, BearerAuth, Role, StrictJson, Text};
 
 use crate::write::{context, Written};
 use crate::WriteState;
@@ -33,7 +32,7 @@ enum ApiTags {
 }
 
 /// The four originator kinds.
-#[derive(Debug, Clone, Copy, Enum, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Enum, Serialize, Deserialize, PartialEq)]
 #[oai(rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum MementoType {
@@ -54,8 +53,9 @@ impl From<MementoType> for OriginatorKind {
     }
 }
 
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct CreateCaretakerRequest {
     /// 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
     pub name: Text,
@@ -67,8 +67,9 @@ pub struct CreateCaretakerRequest {
     pub max_memento_age_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct SaveMementoRequest {
     /// Generated when absent.
     pub id: Option<Text>,
@@ -82,8 +83,9 @@ pub struct SaveMementoRequest {
     pub metadata: Option<BTreeMap<String, Value>>,
 }
 
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct CreateOriginatorRequest {
     /// Generated when absent.
     pub id: Option<Text>,
@@ -95,16 +97,18 @@ pub struct CreateOriginatorRequest {
     pub state: Option<Value>,
 }
 
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct SetStateRequest {
     pub state: Value,
     /// Optimistic concurrency: the version the change is based on (or send `If-Match`).
     pub expected_version: Option<u64>,
 }
 
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
     /// The caretaker that keeps the memento.
     pub caretaker: Text,
@@ -219,7 +223,7 @@ impl MementoWriteApi {
         auth: BearerAuth,
         req: &Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        body: Json<CreateCaretakerRequest>,
+        body: StrictJson<CreateCaretakerRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
         let request = &body.0;
@@ -269,7 +273,7 @@ impl MementoWriteApi {
         req: &Request,
         name: Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        body: Json<SaveMementoRequest>,
+        body: StrictJson<SaveMementoRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
         let request = &body.0;
@@ -428,7 +432,7 @@ impl MementoWriteApi {
         auth: BearerAuth,
         req: &Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        body: Json<CreateOriginatorRequest>,
+        body: StrictJson<CreateOriginatorRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
         let request = &body.0;
@@ -463,7 +467,7 @@ impl MementoWriteApi {
         id: Path<String>,
         #[oai(name = "If-Match")] if_match: Header<Option<String>>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        body: Json<SetStateRequest>,
+        body: StrictJson<SetStateRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
         let expected = expected_version(if_match.0, body.0.expected_version)?;
@@ -494,7 +498,7 @@ impl MementoWriteApi {
         req: &Request,
         id: Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        body: Json<CaptureRequest>,
+        body: StrictJson<CaptureRequest>,
     ) -> ApiResult<Written> {
         auth.0.require(Role::Writer)?;
         let route = format!("POST /originators/{}/mementos", id.0);

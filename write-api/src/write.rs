@@ -91,9 +91,11 @@ pub fn context(
             hasher.update(
                 serde_json::to_vec(body).map_err(|err| ApiError::Internal(err.to_string()))?,
             );
+            // Scoped by subject, so one client cannot replay another's result; hashed, so
+            // every accepted key fits the store's column.
+            let scoped = Sha256::digest(format!("{}\n{key}", claims.sub).as_bytes());
             Some(IdempotencyKey {
-                // Scoped by subject, so one client cannot replay another's result.
-                key: format!("{}:{key}", claims.sub),
+                key: hex::encode(scoped),
                 request_hash: hex::encode(hasher.finalize()),
             })
         }
