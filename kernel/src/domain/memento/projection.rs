@@ -930,6 +930,11 @@ mod tests {
                     field: "originator_id".into(),
                     value: json!("doc1"),
                 },
+                DocOp::TombstoneWhere {
+                    collection: MEMENTOS.into(),
+                    field: "originator_id".into(),
+                    value: json!("doc1"),
+                },
             ]
         );
         assert_eq!(project(&forget("user", "u1")), vec![]);
