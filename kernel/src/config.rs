@@ -69,6 +69,15 @@ pub struct Settings {
     pub logging: LoggingSettings,
     #[serde(default)]
     pub kafka: KafkaSettings,
+    pub projector: ProjectorSettings,
+}
+
+/// The `projector` worker process.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProjectorSettings {
+    /// Where a projector serves `/health` and `/metrics` (port 0 picks a free one).
+    pub metrics_host: String,
+    pub metrics_port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +206,7 @@ impl RedisSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FeedSettings {
+    pub backend: FeedBackend,
     #[serde(with = "duration_text")]
     pub poll_interval: Duration,
     pub batch_size: u32,
@@ -271,10 +281,39 @@ pub struct LoggingSettings {
     pub format: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Kafka, used when `feed.backend` is `kafka`.
+#[derive(Debug, Clone, Deserialize)]
 pub struct KafkaSettings {
-    #[serde(default)]
-    pub brokers: Option<String>,
+    /// Comma-separated `host:port` list (`KAFKA_BROKERS`).
+    pub brokers: String,
+    /// Prepended to every topic and consumer group name (isolates tests sharing a broker).
+    pub topic_prefix: String,
+    /// Partitions of each topic Quintet creates.
+    pub partitions: i32,
+    /// How long a produce may wait for the broker before the relay retries.
+    #[serde(with = "duration_text")]
+    pub produce_timeout: Duration,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            partitions: 3,
+            produce_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where projections get their events from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedBackend {
+    /// In-process: projections run inside read-api (or `quintet up`) and tail the store.
+    Embedded,
+    /// The relay in write-api publishes to Kafka; `projector` processes consume it.
+    Kafka,
 }
 
 impl Settings {

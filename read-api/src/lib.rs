@@ -93,7 +93,9 @@ pub async fn start(
     shutdown: web::server::Shutdown,
 ) -> kernel::KernelResult<ReadState> {
     let mut checkpoints = HashMap::new();
-    for projection in projectors::all() {
+    // With Kafka, projector processes build the read models; this process only reads them.
+    let in_process = settings.feed.backend == kernel::config::FeedBackend::Embedded;
+    for projection in projectors::all().into_iter().filter(|_| in_process) {
         let runner = kernel::projector::ProjectionRunner::new(
             projection,
             engine.clone(),
