@@ -228,7 +228,13 @@ pub struct ReadSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SecuritySettings {
     pub enabled: bool,
+    /// The HS256 secret; tokens without a `kid` are checked with it.
     pub jwt_secret: String,
+    /// Asymmetric keys (RS256, ES256, ...) as a JWKS: inline JSON, or `@/path/to/jwks.json`.
+    /// Each key needs `kid` and `alg`; the algorithm is pinned per key. Listing an old and a
+    /// new key accepts both during a rotation.
+    #[serde(default)]
+    pub jwks: Option<String>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     #[serde(with = "duration_text")]

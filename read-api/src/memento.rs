@@ -13,6 +13,9 @@ use web::{ApiError, ApiResult, BearerAuth, Role};
 use crate::query::{found, query, Page};
 use crate::ReadState;
 
+/// The context name used for token scopes.
+const MEMENTO: &str = kernel::domain::Context::Memento.as_str();
+
 #[derive(Tags)]
 enum ApiTags {
     /// Caretakers and the mementos they keep.
@@ -27,7 +30,7 @@ pub struct MementoReadApi {
 
 impl MementoReadApi {
     async fn ready(&self, auth: &BearerAuth, min_position: Option<u64>) -> ApiResult<()> {
-        auth.0.require(Role::Reader)?;
+        auth.0.allow(Role::Reader, MEMENTO)?;
         self.state
             .await_position(PROJECTION_NAME, min_position)
             .await

@@ -50,11 +50,17 @@ pub struct Subscription {
     pub event_types: Vec<String>,
     pub colleague_id: Option<String>,
     pub from_position: Option<u64>,
+    /// The contexts the token's scope allows (set by the server, never by the client).
+    #[serde(skip)]
+    pub allowed_contexts: Option<Vec<String>>,
 }
 
 impl Subscription {
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        (self.contexts.is_empty() || self.contexts.iter().any(|c| c == event.context))
+        self.allowed_contexts
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|c| c == event.context))
+            && (self.contexts.is_empty() || self.contexts.iter().any(|c| c == event.context))
             && self
                 .aggregate_id
                 .as_ref()
@@ -223,9 +229,14 @@ impl Session {
             );
         // Nothing flows before the first subscription, so a `from_position` replay can never
         // repeat events the client already got live.
+        let allowed_contexts: Option<Vec<String>> = claims
+            .scope
+            .as_ref()
+            .map(|scope| scope.split_whitespace().map(str::to_string).collect());
         let Some(mut subscription) = self.first_subscription(expires).await? else {
             return Ok(());
         };
+        subscription.allowed_contexts.clone_from(&allowed_contexts);
         'subscribed: loop {
             let (live_from, mut live) = self.state.hub.subscribe();
             let mut sent_up_to = live_from;
@@ -254,7 +265,7 @@ impl Session {
                     incoming = self.stream.next() => match incoming {
                         Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
                             Ok(ClientMessage { subscribe: Some(next), .. }) => {
-                                subscription = next;
+                                subscription = Subscription { allowed_contexts: allowed_contexts.clone(), ..next };
                                 continue 'subscribed;
                             }
                             Ok(_) => self.send(json!({"type": "error", "detail": "expected {\"subscribe\": {...}}"}).to_string()).await?,

@@ -259,6 +259,15 @@ impl TestApp {
             .expect("mint a token")
     }
 
+    /// A token for `role` limited to the contexts in `scope` (space-separated).
+    pub fn token_scoped(&self, role: Role, scope: &str) -> String {
+        let mut claims = self
+            .keys
+            .claims("e2e-scoped", role, Duration::from_secs(600));
+        claims.scope = Some(scope.to_string());
+        self.keys.mint_claims(&claims).expect("mint a token")
+    }
+
     /// A token for `role` with a chosen subject.
     pub fn token_for(&self, subject: &str, role: Role) -> String {
         self.keys

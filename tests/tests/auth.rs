@@ -196,6 +196,49 @@ async fn roles(app: TestApp) {
 }
 both_backends!(roles);
 
+/// A token scoped to one context is refused (403) on every other context's routes, for
+/// writes, reads and the event stream alike.
+async fn scopes(app: TestApp) {
+    let memento_only = app.token_scoped(Role::Writer, "memento");
+    let elsewhere = app.token_scoped(Role::Admin, "repository");
+    let position = Reply::of(
+        app.anonymous(Method::POST, Side::Write, "/mementos/caretakers")
+            .bearer_auth(&memento_only)
+            .json(&json!({ "name": "scoped" })),
+    )
+    .await
+    .expect_status(StatusCode::CREATED)
+    .position();
+    Reply::of(
+        app.anonymous(Method::POST, Side::Write, "/mementos/caretakers")
+            .bearer_auth(&elsewhere)
+            .json(&json!({ "name": "other" })),
+    )
+    .await
+    .expect_problem(StatusCode::FORBIDDEN);
+    Reply::of(
+        app.anonymous(
+            Method::GET,
+            Side::Read,
+            &format!("/mementos/caretakers/scoped?min_position={position}"),
+        )
+        .bearer_auth(&elsewhere),
+    )
+    .await
+    .expect_problem(StatusCode::FORBIDDEN);
+    Reply::of(
+        app.anonymous(
+            Method::GET,
+            Side::Read,
+            &format!("/mementos/caretakers/scoped?min_position={position}"),
+        )
+        .bearer_auth(&memento_only),
+    )
+    .await
+    .expect_status(StatusCode::OK);
+}
+both_backends!(scopes);
+
 async fn health_and_ready_need_no_token(app: TestApp) {
     for side in [Side::Write, Side::Read] {
         let health = Reply::of(app.client.get(app.url(side, "/health")))

@@ -1,11 +1,21 @@
-//! JWT authentication: HS256 with the algorithm pinned by the server (never read from the
-//! token), `exp`, `aud` and `iss` required, `nbf` honoured; and the roles reader < writer <
-//! admin.
+//! JWT authentication and authorization.
+//!
+//! - Keys: an HS256 secret (tokens without `kid`) and, optionally, a JWKS of asymmetric keys
+//!   (RS256, ES256, ...) selected by `kid`. The algorithm is pinned per key by the server and
+//!   never taken from the token header, so `alg=none` and HS/RS confusion fail.
+//! - `exp`, `aud`, `iss` and `sub` are required, `nbf` is honoured, with a configured leeway.
+//! - Roles reader < writer < admin; an optional `scope` claim (space-separated contexts)
+//!   restricts a token to those contexts.
 
+use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::SecurityScheme;
@@ -48,6 +58,9 @@ pub struct Claims {
     pub nbf: Option<u64>,
     pub aud: String,
     pub iss: String,
+    /// Space-separated contexts (`memento repository ...`); absent means every context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl Claims {
@@ -62,6 +75,26 @@ impl Claims {
             )))
         }
     }
+
+    /// Fails with 403 unless the token's role is at least `role` and its scope covers
+    /// `context`.
+    pub fn allow(&self, role: Role, context: &str) -> Result<(), ApiError> {
+        self.require(role)?;
+        match &self.scope {
+            Some(scope) if !scope.split_whitespace().any(|granted| granted == context) => {
+                Err(ApiError::Forbidden(format!(
+                    "the token's scope does not include the {context} context"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A verifying key with its pinned algorithm.
+struct PinnedKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
 }
 
 /// The signing and verifying keys, and the validation rules.
@@ -72,10 +105,11 @@ pub struct JwtKeys {
 
 struct KeysInner {
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    secret: PinnedKey,
+    by_kid: HashMap<String, PinnedKey>,
     issuer: String,
     audience: String,
+    leeway: u64,
     enabled: bool,
 }
 
@@ -85,33 +119,51 @@ impl std::fmt::Debug for JwtKeys {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("security.jwks: {0}")]
+    Jwks(String),
+}
+
 impl JwtKeys {
+    /// Builds the keys; panics never, but a bad JWKS is reported by [`JwtKeys::try_new`].
     pub fn new(settings: &SecuritySettings) -> Self {
+        Self::try_new(settings).unwrap_or_else(|err| {
+            tracing::error!(error = %err, "ignoring the JWKS; only HS256 tokens are accepted");
+            Self::build(settings, HashMap::new())
+        })
+    }
+
+    pub fn try_new(settings: &SecuritySettings) -> Result<Self, KeyError> {
+        let by_kid = match &settings.jwks {
+            None => HashMap::new(),
+            Some(source) => load_jwks(source)?,
+        };
+        Ok(Self::build(settings, by_kid))
+    }
+
+    fn build(settings: &SecuritySettings, by_kid: HashMap<String, PinnedKey>) -> Self {
         let secret = settings.jwt_secret.as_bytes();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.set_audience(&[settings.jwt_audience.as_str()]);
-        validation.set_issuer(&[settings.jwt_issuer.as_str()]);
-        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = settings.leeway.as_secs();
         Self {
             inner: Arc::new(KeysInner {
                 encoding: EncodingKey::from_secret(secret),
-                decoding: DecodingKey::from_secret(secret),
-                validation,
+                secret: PinnedKey {
+                    algorithm: Algorithm::HS256,
+                    key: DecodingKey::from_secret(secret),
+                },
+                by_kid,
                 issuer: settings.jwt_issuer.clone(),
                 audience: settings.jwt_audience.clone(),
+                leeway: settings.leeway.as_secs(),
                 enabled: settings.enabled,
             }),
         }
     }
 
-    /// Mints a token for `subject` with `role`, valid for `ttl`.
-    pub fn mint(&self, subject: &str, role: Role, ttl: Duration) -> Result<String, ApiError> {
+    /// The claims of a new token for `subject` with `role`, valid for `ttl`.
+    pub fn claims(&self, subject: &str, role: Role, ttl: Duration) -> Claims {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
-        let claims = Claims {
+        Claims {
             sub: subject.to_string(),
             role,
             iat: now,
@@ -119,23 +171,49 @@ impl JwtKeys {
             nbf: None,
             aud: self.inner.audience.clone(),
             iss: self.inner.issuer.clone(),
-        };
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.inner.encoding,
-        )
-        .map_err(|err| ApiError::Internal(format!("token encode: {err}")))
+            scope: None,
+        }
+    }
+
+    /// Mints an HS256 token for `subject` with `role`, valid for `ttl`.
+    pub fn mint(&self, subject: &str, role: Role, ttl: Duration) -> Result<String, ApiError> {
+        self.mint_claims(&self.claims(subject, role, ttl))
+    }
+
+    /// Signs claims with the HS256 secret.
+    pub fn mint_claims(&self, claims: &Claims) -> Result<String, ApiError> {
+        encode(&Header::new(Algorithm::HS256), claims, &self.inner.encoding)
+            .map_err(|err| ApiError::Internal(format!("token encode: {err}")))
     }
 
     /// Verifies a token. Every failure is a 401 whose detail names the reason but never
     /// echoes the token.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
+        let header = decode_header(token).map_err(|_| unauthorized("the token is malformed"))?;
+        let pinned = match &header.kid {
+            None => &self.inner.secret,
+            Some(kid) => self
+                .inner
+                .by_kid
+                .get(kid)
+                .ok_or_else(|| unauthorized("the token's key id (kid) is unknown"))?,
+        };
+        if header.alg != pinned.algorithm {
+            return Err(unauthorized("the token's algorithm is not accepted"));
+        }
+        let mut validation = Validation::new(pinned.algorithm);
+        validation.algorithms = vec![pinned.algorithm];
+        validation.set_audience(&[self.inner.audience.as_str()]);
+        validation.set_issuer(&[self.inner.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = self.inner.leeway;
+        decode::<Claims>(token, &pinned.key, &validation)
             .map(|data| data.claims)
             .map_err(|err| {
                 use jsonwebtoken::errors::ErrorKind;
-                let reason = match err.kind() {
+                unauthorized(match err.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
                     ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidAudience => "the token's audience is wrong",
@@ -146,8 +224,7 @@ impl JwtKeys {
                     }
                     ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
                     _ => "the token is malformed",
-                };
-                ApiError::Unauthorized(reason.to_string())
+                })
             })
     }
 
@@ -155,6 +232,47 @@ impl JwtKeys {
     pub fn enabled(&self) -> bool {
         self.inner.enabled
     }
+}
+
+fn unauthorized(reason: &str) -> ApiError {
+    ApiError::Unauthorized(reason.to_string())
+}
+
+/// Reads a JWKS (inline JSON or `@path`) into keys pinned to their declared algorithm.
+fn load_jwks(source: &str) -> Result<HashMap<String, PinnedKey>, KeyError> {
+    let json = match source.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|err| KeyError::Jwks(format!("cannot read {path}: {err}")))?,
+        None => source.to_string(),
+    };
+    let set: JwkSet =
+        serde_json::from_str(&json).map_err(|err| KeyError::Jwks(format!("not a JWKS: {err}")))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| KeyError::Jwks("every key needs a kid".into()))?;
+        let declared = jwk
+            .common
+            .key_algorithm
+            .ok_or_else(|| KeyError::Jwks(format!("key {kid} needs an alg")))?;
+        let algorithm = Algorithm::from_str(&format!("{declared:?}"))
+            .map_err(|_| KeyError::Jwks(format!("key {kid}: unsupported alg {declared:?}")))?;
+        if matches!(
+            algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
+            return Err(KeyError::Jwks(format!(
+                "key {kid}: symmetric keys belong in security.jwt_secret"
+            )));
+        }
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|err| KeyError::Jwks(format!("key {kid}: {err}")))?;
+        keys.insert(kid, PinnedKey { algorithm, key });
+    }
+    Ok(keys)
 }
 
 /// `Authorization: Bearer <JWT>`.

@@ -177,6 +177,10 @@ where
         }
     };
     kernel::telemetry::init(&settings.logging);
+    if let Err(err) = crate::JwtKeys::try_new(&settings.security) {
+        eprintln!("{name}: {err}");
+        return std::process::ExitCode::from(2);
+    }
     match body(settings, Shutdown::on_signals()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -23,6 +23,9 @@ use web::{ApiError, ApiResult, BearerAuth, Role, StrictJson, Text};
 use crate::write::{context, Written};
 use crate::WriteState;
 
+/// The context name used for token scopes.
+const MEMENTO: &str = kernel::domain::Context::Memento.as_str();
+
 #[derive(Tags)]
 enum ApiTags {
     /// Caretakers and the mementos they keep.
@@ -193,7 +196,7 @@ impl MementoWriteApi {
         A: EventSourced<Services = kernel::domain::memento::MementoPolicy>,
         KernelError: From<A::Error>,
     {
-        call.claims.require(Role::Writer)?;
+        call.claims.allow(Role::Writer, MEMENTO)?;
         let ctx = context(
             call.claims,
             call.request_id,
@@ -358,7 +361,7 @@ impl MementoWriteApi {
         #[oai(name = "If-Match")] if_match: Header<Option<String>>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
+        auth.0.allow(Role::Writer, MEMENTO)?;
         let expected = expected_version(if_match.0, None)?;
         let route = format!(
             "POST /mementos/caretakers/{}/mementos/{}/restore",
@@ -500,7 +503,7 @@ impl MementoWriteApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: StrictJson<CaptureRequest>,
     ) -> ApiResult<Written> {
-        auth.0.require(Role::Writer)?;
+        auth.0.allow(Role::Writer, MEMENTO)?;
         let route = format!("POST /originators/{}/mementos", id.0);
         let ctx = context(&auth.0, request_id(req), idempotency_key.0, &route, &body.0)?;
         let memento_id = body

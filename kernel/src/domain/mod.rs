@@ -51,7 +51,7 @@ pub enum Context {
 }
 
 impl Context {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Context::Memento => "memento",
             Context::Repository => "repository",
