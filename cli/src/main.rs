@@ -167,8 +167,14 @@ async fn quintet_specs() -> Result<Vec<(&'static str, String)>, String> {
             memento: settings.memento.policy(),
         };
         Ok(vec![
-            ("write-api.json", write_api::openapi(write_state).spec()),
-            ("read-api.json", read_api::openapi(read_state).spec()),
+            (
+                "write-api.json",
+                web::server::spec_json(&write_api::openapi(write_state)),
+            ),
+            (
+                "read-api.json",
+                web::server::spec_json(&read_api::openapi(read_state)),
+            ),
         ])
     }
     .await;

@@ -215,7 +215,7 @@ async fn domain_validation_is_422_naming_the_field(app: TestApp) {
         app.write(Method::POST, "/mementos/caretakers")
             .header("Idempotency-Key", "k".repeat(300))
             .json(&json!({ "name": "ok" })),
-        StatusCode::UNPROCESSABLE_ENTITY,
+        StatusCode::BAD_REQUEST,
     )
     .await;
 }
@@ -479,7 +479,7 @@ async fn bad_versions_and_queries(app: TestApp) {
             app.write(Method::PUT, "/originators/d1/state")
                 .header("If-Match", if_match)
                 .json(&json!({ "state": { "content": "x" } })),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::BAD_REQUEST,
         )
         .await;
         assert_eq!(reply.error_fields(), vec!["If-Match"], "{}", reply.text);
@@ -488,7 +488,7 @@ async fn bad_versions_and_queries(app: TestApp) {
         &app,
         app.write(Method::POST, "/mementos/caretakers/c1/mementos/m1/restore")
             .header("If-Match", "nope"),
-        StatusCode::UNPROCESSABLE_ENTITY,
+        StatusCode::BAD_REQUEST,
     )
     .await;
     // If-Match and expected_version that disagree.

@@ -1,5 +1,5 @@
 //! Guarantee 2: the same `Idempotency-Key` with the same body returns the first result and
-//! appends nothing; with a different body it is refused (422).
+//! appends nothing; with a different body it is refused (409).
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -105,7 +105,7 @@ async fn replay_returns_the_first_result(app: TestApp) {
 }
 both_backends!(replay_returns_the_first_result);
 
-async fn same_key_other_request_is_422(app: TestApp) {
+async fn same_key_other_request_is_409(app: TestApp) {
     send(
         &app,
         "key-1",
@@ -126,10 +126,12 @@ async fn same_key_other_request_is_422(app: TestApp) {
         Some(json!({ "name": "c2" })),
     )
     .await
-    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        reply.error_fields(),
-        vec!["Idempotency-Key"],
+    .expect_problem(StatusCode::CONFLICT);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("idempotency key"),
         "{}",
         reply.text
     );
@@ -142,7 +144,7 @@ async fn same_key_other_request_is_422(app: TestApp) {
         Some(json!({ "id": "d1", "type": "document", "name": "d" })),
     )
     .await
-    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    .expect_problem(StatusCode::CONFLICT);
     send(
         &app,
         "key-1",
@@ -151,7 +153,7 @@ async fn same_key_other_request_is_422(app: TestApp) {
         None,
     )
     .await
-    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    .expect_problem(StatusCode::CONFLICT);
     assert_eq!(app.head_position().await, head, "a refused request wrote");
 
     // Keys are scoped by subject: another client's same key and body is its own command
@@ -167,7 +169,7 @@ async fn same_key_other_request_is_422(app: TestApp) {
     assert!(other.body.get("position").is_none());
     assert_eq!(app.head_position().await, head);
 }
-both_backends!(same_key_other_request_is_422);
+both_backends!(same_key_other_request_is_409);
 
 async fn concurrent_same_key_writes_once(app: TestApp) {
     let before = app.head_position().await;

@@ -19,8 +19,14 @@ async fn current_specs() -> Vec<(&'static str, String)> {
         memento: settings.memento.policy(),
     };
     let specs = vec![
-        ("write-api.json", write_api::openapi(write_state).spec()),
-        ("read-api.json", read_api::openapi(read_state).spec()),
+        (
+            "write-api.json",
+            web::server::spec_json(&write_api::openapi(write_state)),
+        ),
+        (
+            "read-api.json",
+            web::server::spec_json(&read_api::openapi(read_state)),
+        ),
     ];
     let _ = std::fs::remove_dir_all(&scratch);
     specs

@@ -181,7 +181,7 @@ impl poem::error::ResponseError for ApiError {
 /// Documents every problem status an operation may answer.
 impl ApiResponse for ApiError {
     fn meta() -> MetaResponses {
-        const STATUSES: [(u16, &str); 11] = [
+        const STATUSES: [(u16, &str); 12] = [
             (400, "Malformed request"),
             (401, "Missing or invalid token"),
             (403, "The token's role does not allow this"),
@@ -189,6 +189,7 @@ impl ApiResponse for ApiError {
             (409, "Conflict: already exists, or a stale version"),
             (410, "Forgotten (crypto-shredded)"),
             (413, "Payload too large"),
+            (415, "The body must be application/json"),
             (422, "Validation failed"),
             (429, "Rate limited"),
             (500, "Internal error"),
@@ -241,13 +242,10 @@ impl From<KernelError> for ApiError {
         match err {
             KernelError::Rejected(domain) => domain.into(),
             conflict @ KernelError::Conflict { .. } => ApiError::Conflict(conflict.to_string()),
-            mismatch @ KernelError::IdempotencyMismatch(_) => ApiError::Unprocessable {
-                detail: mismatch.to_string(),
-                errors: vec![FieldError {
-                    field: "Idempotency-Key".into(),
-                    message: "already used with a different request".into(),
-                }],
-            },
+            // 409 rather than 422: the request itself is valid, it collides with an earlier one.
+            mismatch @ KernelError::IdempotencyMismatch(_) => {
+                ApiError::Conflict(mismatch.to_string())
+            }
             forgotten @ KernelError::Forgotten(_) => ApiError::Gone(forgotten.to_string()),
             duplicate @ KernelError::Duplicate { .. } => ApiError::Conflict(duplicate.to_string()),
             KernelError::Storage(detail) => {
@@ -313,7 +311,9 @@ pub async fn problem_from_poem(err: poem::Error) -> Response {
 /// `failed to parse "integer(int64)": ... (occurred while parsing "max_mementos")`
 /// or `missing field `name``.
 fn field_of(detail: &str) -> Option<FieldError> {
-    let field = if let Some(rest) = detail.split("while parsing \"").nth(1) {
+    let field = if let Some(rest) = detail.split("parameter `").nth(1) {
+        rest.split('`').next()
+    } else if let Some(rest) = detail.split("while parsing \"").nth(1) {
         rest.split('"').next()
     } else if let Some(rest) = detail.split("missing field `").nth(1) {
         rest.split('`').next()

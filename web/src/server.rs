@@ -33,11 +33,19 @@ pub fn app<T: OpenApi + 'static>(
 ) -> impl Endpoint<Output = Response> {
     // Installed now, so what is recorded before the first scrape is not lost.
     ops::metrics_handle();
-    let spec = service.spec_endpoint();
+    let spec = spec_json(&service);
+    let allowed = AllowedMethods::from_spec(&spec);
     let docs = service.swagger_ui();
     let route = base
         .nest(API_PREFIX, service)
-        .at("/openapi.json", spec)
+        .at(
+            "/openapi.json",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            })),
+        )
         .nest("/docs", docs)
         .at("/health", poem::get(ops::health))
         .at("/ready", poem::get(ops::ready))
@@ -62,6 +70,92 @@ pub fn app<T: OpenApi + 'static>(
         .data(readiness)
         .catch_all_error(problem_from_poem)
         .around(access_log)
+        .around(move |next, req| {
+            let allowed = allowed.clone();
+            async move { allowed.annotate(next, req).await }
+        })
+}
+
+/// The spec as served and as written to `openapi/`: poem-openapi's, plus
+/// `additionalProperties: false` on request bodies (which reject unknown fields).
+pub fn spec_json<T: OpenApi>(service: &OpenApiService<T, ()>) -> String {
+    let raw = service.spec();
+    let Ok(mut spec) = serde_json::from_str::<serde_json::Value>(&raw) else {
+        return raw;
+    };
+    if let Some(schemas) = spec
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for (name, schema) in schemas.iter_mut() {
+            if let (true, Some(schema)) = (name.ends_with("Request"), schema.as_object_mut()) {
+                schema.insert("additionalProperties".into(), false.into());
+            }
+        }
+    }
+    serde_json::to_string_pretty(&spec).unwrap_or(raw)
+}
+
+/// The methods each documented path accepts, for the `Allow` header of a 405 (RFC 9110).
+#[derive(Clone, Default)]
+struct AllowedMethods {
+    routes: std::sync::Arc<Vec<(Vec<Option<String>>, String)>>,
+}
+
+impl AllowedMethods {
+    fn from_spec(spec: &str) -> Self {
+        let mut routes = Vec::new();
+        let parsed: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        if let Some(paths) = parsed.get("paths").and_then(serde_json::Value::as_object) {
+            for (path, operations) in paths {
+                let segments = format!("{API_PREFIX}{path}")
+                    .split('/')
+                    .map(|segment| (!segment.starts_with('{')).then(|| segment.to_string()))
+                    .collect();
+                let methods: Vec<String> = operations
+                    .as_object()
+                    .map(|ops| ops.keys().map(|m| m.to_ascii_uppercase()).collect())
+                    .unwrap_or_default();
+                routes.push((segments, methods.join(", ")));
+            }
+        }
+        for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
+            routes.push((
+                path.split('/').map(|s| Some(s.to_string())).collect(),
+                "GET".into(),
+            ));
+        }
+        Self {
+            routes: std::sync::Arc::new(routes),
+        }
+    }
+
+    fn lookup(&self, path: &str) -> Option<&str> {
+        let wanted: Vec<&str> = path.split('/').collect();
+        self.routes.iter().find_map(|(segments, methods)| {
+            let matches = segments.len() == wanted.len()
+                && segments
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(segment, got)| segment.as_deref().is_none_or(|literal| literal == *got));
+            matches.then_some(methods.as_str())
+        })
+    }
+
+    async fn annotate<E: Endpoint<Output = Response>>(
+        &self,
+        next: std::sync::Arc<E>,
+        req: Request,
+    ) -> poem::Result<Response> {
+        let path = req.uri().path().to_string();
+        let mut response = next.call(req).await?;
+        if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+            if let Some(value) = self.lookup(&path).and_then(|methods| methods.parse().ok()) {
+                response.headers_mut().insert("allow", value);
+            }
+        }
+        Ok(response)
+    }
 }
 
 /// The request id a handler can use as the correlation id of what it writes.

@@ -61,12 +61,16 @@ impl From<MementoType> for OriginatorKind {
 #[serde(deny_unknown_fields)]
 pub struct CreateCaretakerRequest {
     /// 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
+    #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub name: Text,
     /// Defaults to the configured `max_mementos`, which is also the ceiling.
+    #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
     pub max_mementos: Option<u32>,
     /// Bytes of canonical JSON; defaults to the configured `max_memento_size`.
+    #[oai(validator(minimum(value = "1"), maximum(value = "1048576")))]
     pub max_memento_size: Option<u64>,
     /// Defaults to the configured `max_memento_age`.
+    #[oai(validator(minimum(value = "1"), maximum(value = "86400")))]
     pub max_memento_age_secs: Option<u64>,
 }
 
@@ -75,14 +79,18 @@ pub struct CreateCaretakerRequest {
 #[serde(deny_unknown_fields)]
 pub struct SaveMementoRequest {
     /// Generated when absent.
+    #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub id: Option<Text>,
+    #[oai(validator(min_length = 1, max_length = 256))]
     pub originator_id: Text,
     /// The state to keep; its shape depends on `type`.
     pub state: Value,
     #[oai(rename = "type")]
     #[serde(rename = "type")]
     pub kind: MementoType,
+    #[oai(validator(max_length = 1024))]
     pub description: Option<Text>,
+    #[oai(validator(max_properties = 64))]
     pub metadata: Option<BTreeMap<String, Value>>,
 }
 
@@ -91,10 +99,12 @@ pub struct SaveMementoRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateOriginatorRequest {
     /// Generated when absent.
+    #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub id: Option<Text>,
     #[oai(rename = "type")]
     #[serde(rename = "type")]
     pub kind: MementoType,
+    #[oai(validator(pattern = r"\S", max_length = 256))]
     pub name: Text,
     /// Defaults to the kind's empty state.
     pub state: Option<Value>,
@@ -114,10 +124,14 @@ pub struct SetStateRequest {
 #[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
     /// The caretaker that keeps the memento.
+    #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub caretaker: Text,
     /// Generated when absent.
+    #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub memento_id: Option<Text>,
+    #[oai(validator(max_length = 1024))]
     pub description: Option<Text>,
+    #[oai(validator(max_properties = 64))]
     pub metadata: Option<BTreeMap<String, Value>>,
 }
 
@@ -225,7 +239,8 @@ impl MementoWriteApi {
         &self,
         auth: BearerAuth,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
         body: StrictJson<CreateCaretakerRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
@@ -254,7 +269,8 @@ impl MementoWriteApi {
         auth: BearerAuth,
         req: &Request,
         name: Path<String>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
         self.execute::<Caretaker>(
@@ -275,7 +291,8 @@ impl MementoWriteApi {
         auth: BearerAuth,
         req: &Request,
         name: Path<String>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
         body: StrictJson<SaveMementoRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
@@ -308,7 +325,8 @@ impl MementoWriteApi {
         req: &Request,
         name: Path<String>,
         id: Path<String>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
         self.execute::<Caretaker>(
@@ -332,7 +350,8 @@ impl MementoWriteApi {
         auth: BearerAuth,
         req: &Request,
         name: Path<String>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
         let now = Utc::now();
         self.execute::<Caretaker>(
@@ -358,8 +377,11 @@ impl MementoWriteApi {
         req: &Request,
         name: Path<String>,
         id: Path<String>,
-        #[oai(name = "If-Match")] if_match: Header<Option<String>>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "If-Match", validator(pattern = r#"^(W/)?"?[0-9]+"?$"#))] if_match: Header<
+            Option<String>,
+        >,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Written> {
         auth.0.allow(Role::Writer, MEMENTO)?;
         let expected = expected_version(if_match.0, None)?;
@@ -434,7 +456,8 @@ impl MementoWriteApi {
         &self,
         auth: BearerAuth,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
         body: StrictJson<CreateOriginatorRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
@@ -468,8 +491,11 @@ impl MementoWriteApi {
         auth: BearerAuth,
         req: &Request,
         id: Path<String>,
-        #[oai(name = "If-Match")] if_match: Header<Option<String>>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "If-Match", validator(pattern = r#"^(W/)?"?[0-9]+"?$"#))] if_match: Header<
+            Option<String>,
+        >,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
         body: StrictJson<SetStateRequest>,
     ) -> ApiResult<Written> {
         let at = Utc::now();
@@ -500,7 +526,8 @@ impl MementoWriteApi {
         auth: BearerAuth,
         req: &Request,
         id: Path<String>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
         body: StrictJson<CaptureRequest>,
     ) -> ApiResult<Written> {
         auth.0.allow(Role::Writer, MEMENTO)?;
