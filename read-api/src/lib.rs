@@ -41,6 +41,14 @@ impl ReadState {
         let Some(wanted) = min_position.filter(|position| *position > 0) else {
             return Ok(());
         };
+        // A position no write has returned yet is a client error, not something to wait for.
+        let head = self.engine.store().head_position().await?;
+        if wanted > head {
+            return Err(ApiError::invalid(
+                "min_position",
+                format!("{wanted} is beyond the last committed position ({head})"),
+            ));
+        }
         let deadline = tokio::time::Instant::now() + self.min_position_wait;
         if let Some(receiver) = self.checkpoints.get(projection) {
             let mut receiver = receiver.clone();

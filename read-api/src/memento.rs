@@ -51,9 +51,13 @@ impl MementoReadApi {
     async fn list_caretakers(
         &self,
         auth: BearerAuth,
-        limit: Query<Option<u32>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
+            Option<u32>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         offset: Query<Option<u64>>,
         /// Wait until the read model has applied this position (read your writes).
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -69,6 +73,7 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         name: Path<String>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -84,8 +89,12 @@ impl MementoReadApi {
         name: Path<String>,
         originator_id: Query<Option<String>>,
         #[oai(name = "type")] kind: Query<Option<String>>,
-        limit: Query<Option<u32>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
+            Option<u32>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         offset: Query<Option<u64>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -116,6 +125,7 @@ impl MementoReadApi {
         auth: BearerAuth,
         name: Path<String>,
         id: Path<String>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -132,6 +142,7 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         name: Path<String>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -165,6 +176,7 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -184,8 +196,12 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        limit: Query<Option<u32>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
+            Option<u32>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         offset: Query<Option<u64>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -210,7 +226,9 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         version: Query<Option<u64>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;

@@ -15,7 +15,8 @@ pub struct Page {
     pub items: Vec<Value>,
     /// Matches in all pages.
     pub total: u64,
-    /// The offset of the next page, if there is one.
+    /// The offset of the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next: Option<u64>,
     pub limit: u32,
     pub offset: u64,

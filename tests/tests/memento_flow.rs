@@ -263,8 +263,9 @@ async fn readme_walkthrough(app: TestApp) {
 }
 both_backends!(readme_walkthrough);
 
-/// A read with a `min_position` the store never reaches answers 503 with Retry-After.
-async fn min_position_in_the_future_is_503(app: TestApp) {
+/// A `min_position` beyond anything committed is a client error (422 naming the parameter),
+/// not something to wait for.
+async fn min_position_beyond_the_head_is_422(app: TestApp) {
     let p = app.create_caretaker("c1").await;
     app.get_at("/mementos/caretakers/c1", p)
         .await
@@ -272,15 +273,10 @@ async fn min_position_in_the_future_is_503(app: TestApp) {
     let reply = app
         .get_at("/mementos/caretakers/c1", p + 1_000_000)
         .await
-        .expect_problem(StatusCode::SERVICE_UNAVAILABLE);
-    assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+        .expect_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), vec!["min_position"], "{}", reply.text);
 }
-both_backends!(
-    min_position_in_the_future_is_503,
-    with = |s: &mut kernel::config::Settings| {
-        s.read.min_position_wait = std::time::Duration::from_millis(300);
-    }
-);
+both_backends!(min_position_beyond_the_head_is_422);
 
 /// Writes return the committed position; it equals the store's head after the write, and
 /// each write moves it forward.
