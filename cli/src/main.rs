@@ -46,6 +46,9 @@ enum Command {
     },
     /// Crypto-shred an aggregate id: delete its data keys, purge snapshots, tombstone read models.
     Forget { aggregate_id: String },
+    /// Rebuild projections from the event store into a shadow copy, catch up with live
+    /// writes, then swap it in atomically (as the `replay` binary does).
+    Replay(projectors::replay::ReplayArgs),
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -82,6 +85,9 @@ fn main() -> ExitCode {
             }
             Command::Openapi { dir } => openapi(&dir).await,
             Command::Forget { aggregate_id } => forget(&settings, &aggregate_id).await,
+            Command::Replay(args) => projectors::replay::run(&settings, &args, shutdown.wait())
+                .await
+                .map(|_| ()),
         }
     }))
 }

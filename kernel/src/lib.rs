@@ -14,5 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod feed;
 pub mod projector;
+pub mod relay;
+pub mod replay;
 pub mod telemetry;
 pub mod wiring;

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use crate::adapters::memory::MemorySnapshotStore;
+use crate::adapters::mongo::MongoReadStore;
 use crate::adapters::read_sqlite::SqliteReadStore;
 use crate::adapters::redis::RedisSnapshotStore;
 use crate::adapters::sql::{MySqlEventStore, SqliteEventStore};
 use crate::codec::{Codec, MasterKey};
-use crate::config::{MemoryOrRedis, Settings, StoreBackend};
+use crate::config::{MemoryOrRedis, ReadBackend, Settings, StoreBackend};
 use crate::engine::Engine;
 use crate::error::{KernelError, KernelResult};
 use crate::ports::{EventStore, KeyStore, ReadStore, SnapshotStore};
@@ -61,8 +62,19 @@ pub async fn connect_write_side(settings: &Settings) -> KernelResult<Backends> {
     Ok(Backends { engine, snapshots })
 }
 
-/// Connects the read-model store and runs its migrations.
+/// Connects the read-model store and runs its migrations (SQLite) or creates its indexes
+/// (MongoDB, at `read_store.mongodb.uri`, which `MONGODB_URI` overrides).
 pub async fn connect_read_store(settings: &Settings) -> KernelResult<Arc<dyn ReadStore>> {
+    if settings.read_store.backend == ReadBackend::Mongodb {
+        let Some(mongo) = settings.read_store.mongodb.as_ref() else {
+            return Err(KernelError::storage(
+                "read_store.backend is mongodb but read_store.mongodb.uri (or MONGODB_URI) is not set",
+            ));
+        };
+        let store = MongoReadStore::connect(&mongo.uri, &mongo.database).await?;
+        store.migrate().await?;
+        return Ok(Arc::new(store));
+    }
     ensure_data_dir(settings)?;
     let path = settings.read_store_path();
     let store = SqliteReadStore::connect(&path.display().to_string(), 4).await?;

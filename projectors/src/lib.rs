@@ -2,6 +2,9 @@
 //! crate assembles the set of them that a process runs (today: in-process, inside read-api
 //! or `quintet up`).
 
+pub mod replay;
+pub mod worker;
+
 use std::sync::Arc;
 
 use kernel::domain::memento::MementoProjection;

@@ -1,6 +1,7 @@
 //! The read side over HTTP: queries served from the read models, with read-your-writes
 //! (`min_position`), and a WebSocket stream of events with filters and gapless resume.
 
+pub mod admin;
 pub mod memento;
 pub mod query;
 pub mod ws;
@@ -29,6 +30,8 @@ pub struct ReadState {
     pub checkpoints: HashMap<&'static str, watch::Receiver<u64>>,
     pub min_position_wait: Duration,
     pub websocket: kernel::config::WebSocketSettings,
+    /// How rebuilds started from the admin API tail the event store.
+    pub feed: kernel::config::FeedSettings,
 }
 
 impl ReadState {
@@ -75,10 +78,19 @@ impl ReadState {
     }
 }
 
-pub type ReadApis = memento::MementoReadApi;
+/// The memento read routes and the projection admin routes.
+pub type ReadApis = (memento::MementoReadApi, admin::AdminApi);
 
 pub fn openapi(state: ReadState) -> OpenApiService<ReadApis, ()> {
-    web::server::openapi_service(memento::MementoReadApi { state }, "Quintet read API")
+    web::server::openapi_service(
+        (
+            memento::MementoReadApi {
+                state: state.clone(),
+            },
+            admin::AdminApi { state },
+        ),
+        "Quintet read API",
+    )
 }
 
 /// The whole read-api app: API, WebSocket, docs, operational routes, middleware.
@@ -130,6 +142,7 @@ pub async fn start(
         checkpoints,
         min_position_wait: settings.read.min_position_wait,
         websocket: settings.websocket.clone(),
+        feed: settings.feed.clone(),
     })
 }
 

@@ -73,6 +73,14 @@ pub async fn serve(
         settings.memento.cleanup_interval,
         shutdown.clone(),
     ));
+    if settings.feed.backend == kernel::config::FeedBackend::Kafka {
+        // The event store is the outbox: the relay publishes what this process commits.
+        tokio::spawn(kernel::relay::run_from_settings(
+            settings.clone(),
+            backends.engine.clone(),
+            shutdown.clone().wait(),
+        ));
+    }
     let app = app(state, settings, readiness(backends));
     web::server::run(listener, app, shutdown.wait()).await
 }

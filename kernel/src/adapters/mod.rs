@@ -1,5 +1,7 @@
 //! Adapters behind the ports.
+pub mod kafka;
 pub mod memory;
+pub mod mongo;
 pub mod read_sqlite;
 pub mod redis;
 pub mod sql;

@@ -6,12 +6,21 @@
 //! `apply` calls serialize there while reads use a separate pool and, thanks to WAL, never wait
 //! for them. Every value is bound as a parameter; field names are validated and turned into
 //! quoted JSON paths that are bound too, so no SQL text is ever built from data.
+//!
+//! Generations (blue/green rebuilds): a projection's documents live in `collection` while it is
+//! at generation 0 and in `collection#N` at generation N; its versions, checkpoint and parked
+//! events under the key `name` or `name#N`. The `generations` table names the active one, and
+//! every write resolves it inside its own transaction, every read inside its own statement or
+//! read transaction. A swap is one write transaction, so readers and writers see either the
+//! old generation or the new one, never a mix. Parking and retries run inside the same
+//! transaction as the effects, versions and checkpoint: all or nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
@@ -19,16 +28,25 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite};
 
+use crate::domain::DomainError;
 use crate::error::{KernelError, KernelResult};
-use crate::ports::{AggregateVersions, DocOp, DocPage, DocQuery, EventEffect, ReadStore};
+use crate::ports::{
+    split_generation_key, AggregateVersions, ApplyReport, DocOp, DocPage, DocQuery, EventEffect,
+    ParkedEvent, ParkedPage, ProjectedEvent, ReadStore, RetryReport, STATUS_COLLECTION,
+};
 
 /// How long a statement waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per `IN (...)` list when reading versions; well under SQLite's parameter limit.
 const VERSIONS_CHUNK: usize = 500;
+/// A shadow generation whose builder has not applied anything for this long is abandoned.
+pub const REBUILD_LEASE: Duration = Duration::from_secs(60);
 
 const UPSERT_DOC: &str = "INSERT INTO documents (collection, id, body) VALUES (?1, ?2, ?3) \
      ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body";
+const INSERT_DOC_IF_ABSENT: &str =
+    "INSERT INTO documents (collection, id, body) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (collection, id) DO NOTHING";
 // One top-level field, replaced whole; json(?4) inserts the value as JSON, not as a string.
 const SET_FIELD: &str =
     "UPDATE documents SET body = json_set(body, ?3, json(?4)) WHERE collection = ?1 AND id = ?2";
@@ -49,6 +67,145 @@ const UPSERT_CHECKPOINT: &str =
     "INSERT INTO checkpoints (projection, position, updated_at) VALUES (?1, ?2, ?3) \
      ON CONFLICT (projection) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at \
      WHERE excluded.position > checkpoints.position";
+/// The physical name of a logical collection: its active generation's copy.
+const RESOLVE_COLLECTION: &str = "COALESCE((SELECT ?1 || '#' || g.active \
+     FROM generation_collections c JOIN generations g ON g.projection = c.projection \
+     WHERE c.collection = ?1 AND g.active > 0), ?1)";
+const SELECT_GENERATION: &str =
+    "SELECT active, shadow, shadow_heartbeat, collections FROM generations WHERE projection = ?";
+const PARKED_COLUMNS: &str =
+    "event_id, aggregate_key, sequence, position, error, parked_at, envelope";
+const INSERT_PARKED: &str = "INSERT INTO parked \
+     (projection, aggregate_key, sequence, position, event_id, error, parked_at, envelope) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+     ON CONFLICT (projection, aggregate_key, sequence) DO NOTHING";
+/// Per aggregate, the highest sequence a projection key has seen (applied or parked) and
+/// that the other key has not: non-zero means the other key is behind.
+const BEHIND: &str = "WITH \
+     live AS (SELECT aggregate_key AS k, MAX(s) AS s FROM ( \
+        SELECT aggregate_key, sequence AS s FROM aggregate_versions WHERE projection = ?1 \
+        UNION ALL SELECT aggregate_key, sequence FROM parked WHERE projection = ?1) GROUP BY aggregate_key), \
+     shadow AS (SELECT aggregate_key AS k, MAX(s) AS s FROM ( \
+        SELECT aggregate_key, sequence AS s FROM aggregate_versions WHERE projection = ?2 \
+        UNION ALL SELECT aggregate_key, sequence FROM parked WHERE projection = ?2) GROUP BY aggregate_key) \
+     SELECT COUNT(*) FROM live LEFT JOIN shadow ON shadow.k = live.k WHERE COALESCE(shadow.s, 0) < live.s";
+
+/// The key of a projection's generation: its versions, checkpoint and parked events.
+fn projection_key(name: &str, generation: u64) -> String {
+    if generation == 0 {
+        name.to_string()
+    } else {
+        format!("{name}#{generation}")
+    }
+}
+
+/// The physical collection of a logical one at a generation.
+fn physical_collection(collection: &str, generation: u64) -> String {
+    if generation == 0 {
+        collection.to_string()
+    } else {
+        format!("{collection}#{generation}")
+    }
+}
+
+/// One projection's row of the `generations` table.
+#[derive(Debug, Clone, Default)]
+struct GenerationRow {
+    active: u64,
+    shadow: Option<u64>,
+    shadow_heartbeat: Option<String>,
+    collections: Vec<String>,
+}
+
+impl GenerationRow {
+    /// Whether the shadow's builder applied something within the lease.
+    fn shadow_is_fresh(&self) -> bool {
+        let Some(heartbeat) = &self.shadow_heartbeat else {
+            return false;
+        };
+        chrono::DateTime::parse_from_rfc3339(heartbeat).is_ok_and(|at| {
+            let age = chrono::Utc::now().signed_duration_since(at);
+            age.to_std().map_or(true, |age| age < REBUILD_LEASE)
+        })
+    }
+}
+
+async fn generation_row(
+    conn: &mut SqliteConnection,
+    projection: &str,
+) -> KernelResult<GenerationRow> {
+    let row = sqlx::query(SELECT_GENERATION)
+        .bind(projection)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    let Some(row) = row else {
+        return Ok(GenerationRow::default());
+    };
+    let active: i64 = row.try_get(0).map_err(KernelError::storage)?;
+    let shadow: Option<i64> = row.try_get(1).map_err(KernelError::storage)?;
+    let shadow_heartbeat: Option<String> = row.try_get(2).map_err(KernelError::storage)?;
+    let collections: String = row.try_get(3).map_err(KernelError::storage)?;
+    Ok(GenerationRow {
+        active: u64::try_from(active).unwrap_or(0),
+        shadow: shadow.and_then(|s| u64::try_from(s).ok()),
+        shadow_heartbeat,
+        collections: serde_json::from_str(&collections)?,
+    })
+}
+
+/// Which generation of a projection a call works on, resolved inside its transaction.
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    generation: u64,
+    /// Versions, checkpoint and parked events live under this key.
+    key: String,
+    /// The projection's logical collections (renamed at generations above 0).
+    collections: HashSet<String>,
+    /// Named explicitly as a shadow (`name#N`, N not active): applies renew the lease.
+    shadow: bool,
+    /// The active generation or the shadow being built: a write to any other (an abandoned
+    /// shadow whose builder still runs) is refused.
+    writable: bool,
+}
+
+impl Target {
+    fn physical(&self, collection: &str) -> String {
+        if self.generation > 0 && self.collections.contains(collection) {
+            physical_collection(collection, self.generation)
+        } else {
+            collection.to_string()
+        }
+    }
+}
+
+/// Resolves `name` (the active generation) or `name#N` (generation N).
+async fn resolve(conn: &mut SqliteConnection, projection: &str) -> KernelResult<Target> {
+    let (name, explicit) = split_generation_key(projection);
+    let row = generation_row(conn, name).await?;
+    let generation = explicit.unwrap_or(row.active);
+    Ok(Target {
+        name: name.to_string(),
+        generation,
+        key: projection_key(name, generation),
+        collections: row.collections.into_iter().collect(),
+        shadow: explicit.is_some_and(|g| g != row.active),
+        writable: explicit.is_none_or(|g| g == row.active || row.shadow == Some(g)),
+    })
+}
+
+/// Resolves the target of a write: only the active generation or the shadow being built.
+async fn resolve_write(conn: &mut SqliteConnection, projection: &str) -> KernelResult<Target> {
+    let target = resolve(conn, projection).await?;
+    if !target.writable {
+        return Err(KernelError::Storage(format!(
+            "generation {} of {} is neither active nor being rebuilt",
+            target.generation, target.name
+        )));
+    }
+    Ok(target)
+}
 
 /// [`ReadStore`] over a SQLite file holding JSON documents.
 #[derive(Clone)]
@@ -65,83 +222,72 @@ impl std::fmt::Debug for SqliteReadStore {
     }
 }
 
+/// A write transaction's body.
+type TxBody<T> =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, KernelResult<T>> + Send>;
+
 impl SqliteReadStore {
-    /// The reset itself; see `ReadStore::reset`.
-    async fn reset_now(&self, projection: &str, collections: &[&str]) -> KernelResult<()> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(KernelError::storage)?;
-        for collection in collections {
-            sqlx::query("DELETE FROM documents WHERE collection = ?")
-                .bind(*collection)
-                .execute(&mut *tx)
+    /// Runs `body` in one write transaction (`BEGIN IMMEDIATE`, so the busy timeout covers
+    /// the lock), committed if it succeeds and rolled back if not. It runs to completion in a
+    /// task of its own even if the caller is cancelled: a write transaction cut between BEGIN
+    /// and its guard would leave the single writer connection inside it (sqlx-sqlite 0.8).
+    async fn write<T: Send + 'static>(&self, body: TxBody<T>) -> KernelResult<T> {
+        let writer = self.writer.clone();
+        tokio::spawn(async move {
+            let mut tx = writer
+                .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(KernelError::storage)?;
-        }
-        sqlx::query("DELETE FROM aggregate_versions WHERE projection = ?")
-            .bind(projection)
-            .execute(&mut *tx)
-            .await
-            .map_err(KernelError::storage)?;
-        sqlx::query("DELETE FROM checkpoints WHERE projection = ?")
-            .bind(projection)
-            .execute(&mut *tx)
-            .await
-            .map_err(KernelError::storage)?;
-        tx.commit().await.map_err(KernelError::storage)
+            match body(&mut tx).await {
+                Ok(value) => {
+                    tx.commit().await.map_err(KernelError::storage)?;
+                    Ok(value)
+                }
+                Err(err) => {
+                    // The error that matters is the body's; a failed rollback also discards.
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::warn!(error = %rollback, "read store rollback failed");
+                    }
+                    Err(err)
+                }
+            }
+        })
+        .await
+        .map_err(|err| KernelError::Storage(format!("read store task: {err}")))?
     }
 
-    /// The guarded apply itself; see `ReadStore::apply_guarded`.
-    async fn apply_guarded_now(
-        &self,
-        projection: &str,
-        effects: Vec<EventEffect>,
-        checkpoint: u64,
-    ) -> KernelResult<()> {
-        let checkpoint = to_i64(checkpoint, "checkpoint")?;
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(KernelError::storage)?;
-        match apply_guarded_in(&mut tx, projection, &effects, checkpoint).await {
-            Ok(()) => tx.commit().await.map_err(KernelError::storage),
-            Err(err) => {
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "read store rollback failed");
-                }
-                Err(err)
-            }
-        }
+    /// Resolves a projection in a read transaction of its own.
+    async fn resolve_read(&self, projection: &str) -> KernelResult<Target> {
+        let mut conn = self.reader.acquire().await.map_err(KernelError::storage)?;
+        resolve(&mut conn, projection).await
     }
 
-    /// The apply itself; see `ReadStore::apply`.
-    async fn apply_now(
+    async fn parked_query(
         &self,
         projection: &str,
-        ops: Vec<DocOp>,
-        versions: AggregateVersions,
-        checkpoint: u64,
-    ) -> KernelResult<()> {
-        let checkpoint = to_i64(checkpoint, "checkpoint")?;
-        // IMMEDIATE takes the write lock up front, so the busy timeout applies to it.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
+        condition: &'static str,
+        bind: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> KernelResult<Vec<ParkedEvent>> {
+        let mut tx = self.reader.begin().await.map_err(KernelError::storage)?;
+        let target = resolve(&mut tx, projection).await?;
+        let sql = format!(
+            "SELECT {PARKED_COLUMNS} FROM parked WHERE projection = ? {condition} \
+             ORDER BY position, aggregate_key, sequence LIMIT ? OFFSET ?"
+        );
+        let mut query = sqlx::query(&sql).bind(target.key.as_str());
+        if let Some(value) = bind {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&mut *tx)
             .await
             .map_err(KernelError::storage)?;
-        match apply_in(&mut tx, projection, &ops, &versions, checkpoint).await {
-            Ok(()) => tx.commit().await.map_err(KernelError::storage),
-            Err(err) => {
-                // The error that matters is the op's; a failed rollback also discards the writes.
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "read store rollback failed");
-                }
-                Err(err)
-            }
-        }
+        tx.commit().await.map_err(KernelError::storage)?;
+        rows.iter().map(parked_from_row).collect()
     }
 
     /// Opens (creating it if needed) the read-store file. Accepts a plain path, `:memory:` or a
@@ -300,7 +446,7 @@ fn equals(field: &str, value: &Value) -> KernelResult<(&'static str, Vec<Bind>)>
     })
 }
 
-async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
+async fn apply_op(conn: &mut SqliteConnection, target: &Target, op: &DocOp) -> KernelResult<()> {
     match op {
         DocOp::Upsert {
             collection,
@@ -308,7 +454,7 @@ async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
             doc,
         } => {
             sqlx::query(UPSERT_DOC)
-                .bind(collection.as_str())
+                .bind(target.physical(collection))
                 .bind(id.as_str())
                 .bind(serde_json::to_string(doc)?)
                 .execute(&mut *conn)
@@ -319,24 +465,8 @@ async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
             id,
             patch,
         } => {
-            let Some(fields) = patch.as_object() else {
-                return Err(KernelError::Storage(
-                    "a merge patch must be an object".into(),
-                ));
-            };
-            let mut done = sqlx::sqlite::SqliteQueryResult::default();
-            for (field, value) in fields {
-                let path = json_path(field)?;
-                done = sqlx::query(SET_FIELD)
-                    .bind(collection.as_str())
-                    .bind(id.as_str())
-                    .bind(path)
-                    .bind(serde_json::to_string(value)?)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|err| KernelError::Storage(format!("read store: {err}")))?;
-            }
-            Ok(done)
+            let collection = target.physical(collection);
+            return merge_fields(conn, &collection, id, patch).await;
         }
         DocOp::Increment {
             collection,
@@ -358,7 +488,7 @@ async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
                 Bind::Real(*by)
             };
             let binds = [
-                Bind::Text(collection.clone()),
+                Bind::Text(target.physical(collection)),
                 Bind::Text(id.clone()),
                 Bind::Text(path),
                 by,
@@ -369,7 +499,7 @@ async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
         }
         DocOp::Delete { collection, id } => {
             sqlx::query(DELETE_DOC)
-                .bind(collection.as_str())
+                .bind(target.physical(collection))
                 .bind(id.as_str())
                 .execute(&mut *conn)
                 .await
@@ -385,7 +515,7 @@ async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
             value,
         } => {
             let (condition, mut binds) = equals(field, value)?;
-            binds.insert(0, Bind::Text(collection.clone()));
+            binds.insert(0, Bind::Text(target.physical(collection)));
             let head = if matches!(op, DocOp::DeleteWhere { .. }) {
                 DELETE_WHERE
             } else {
@@ -401,10 +531,93 @@ async fn apply_op(conn: &mut SqliteConnection, op: &DocOp) -> KernelResult<()> {
     .map_err(KernelError::storage)
 }
 
+/// Sets top-level fields of a document, each replaced whole; nothing if it is absent.
+async fn merge_fields(
+    conn: &mut SqliteConnection,
+    collection: &str,
+    id: &str,
+    patch: &Value,
+) -> KernelResult<()> {
+    let Some(fields) = patch.as_object() else {
+        return Err(KernelError::Storage(
+            "a merge patch must be an object".into(),
+        ));
+    };
+    for (field, value) in fields {
+        let path = json_path(field)?;
+        sqlx::query(SET_FIELD)
+            .bind(collection)
+            .bind(id)
+            .bind(path)
+            .bind(serde_json::to_string(value)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| KernelError::Storage(format!("read store: {err}")))?;
+    }
+    Ok(())
+}
+
+async fn stored_version(
+    conn: &mut SqliteConnection,
+    key: &str,
+    aggregate_key: &str,
+) -> KernelResult<u64> {
+    let stored: Option<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM aggregate_versions WHERE projection = ? AND aggregate_key = ?",
+    )
+    .bind(key)
+    .bind(aggregate_key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(KernelError::storage)?;
+    Ok(stored.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+}
+
+/// The lowest and highest parked sequence of an aggregate, if it has parked events.
+async fn parked_range(
+    conn: &mut SqliteConnection,
+    key: &str,
+    aggregate_key: &str,
+) -> KernelResult<Option<(u64, u64)>> {
+    let row = sqlx::query(
+        "SELECT MIN(sequence), MAX(sequence) FROM parked WHERE projection = ? AND aggregate_key = ?",
+    )
+    .bind(key)
+    .bind(aggregate_key)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(KernelError::storage)?;
+    let low: Option<i64> = row.try_get(0).map_err(KernelError::storage)?;
+    let high: Option<i64> = row.try_get(1).map_err(KernelError::storage)?;
+    Ok(match (low, high) {
+        (Some(low), Some(high)) => Some((
+            u64::try_from(low).unwrap_or(0),
+            u64::try_from(high).unwrap_or(0),
+        )),
+        _ => None,
+    })
+}
+
+/// Renews the lease of a shadow generation's builder.
+async fn renew_lease(conn: &mut SqliteConnection, target: &Target) -> KernelResult<()> {
+    if target.shadow {
+        sqlx::query(
+            "UPDATE generations SET shadow_heartbeat = ? WHERE projection = ? AND shadow = ?",
+        )
+        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(target.name.as_str())
+        .bind(to_i64(target.generation, "generation")?)
+        .execute(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    }
+    Ok(())
+}
+
 /// Applies the effects above their aggregate's stored version, inside the caller's transaction.
 async fn apply_guarded_in(
     conn: &mut SqliteConnection,
-    projection: &str,
+    target: &Target,
     effects: &[EventEffect],
     checkpoint: i64,
 ) -> KernelResult<()> {
@@ -412,23 +625,13 @@ async fn apply_guarded_in(
     for effect in effects {
         let seen = match applied.get(effect.aggregate_key.as_str()) {
             Some(seen) => *seen,
-            None => {
-                let stored: Option<i64> = sqlx::query_scalar(
-                    "SELECT sequence FROM aggregate_versions WHERE projection = ? AND aggregate_key = ?",
-                )
-                .bind(projection)
-                .bind(effect.aggregate_key.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(KernelError::storage)?;
-                stored.map_or(0, |s| u64::try_from(s).unwrap_or(0))
-            }
+            None => stored_version(conn, &target.key, &effect.aggregate_key).await?,
         };
         if effect.sequence <= seen {
             continue;
         }
         for op in &effect.ops {
-            apply_op(conn, op).await?;
+            apply_op(conn, target, op).await?;
         }
         applied.insert(effect.aggregate_key.as_str(), effect.sequence);
     }
@@ -436,43 +639,480 @@ async fn apply_guarded_in(
         .into_iter()
         .map(|(key, sequence)| (key.to_string(), sequence))
         .collect();
-    apply_in(conn, projection, &[], &versions, checkpoint).await
+    apply_in(conn, target, &[], &versions, checkpoint).await
 }
 
-async fn apply_in(
+/// What the transaction knows of an aggregate while applying a batch.
+#[derive(Debug, Clone, Copy)]
+struct AggregateState {
+    version: u64,
+    /// Lowest and highest parked sequence.
+    parked: Option<(u64, u64)>,
+}
+
+/// Applies or parks each event in order, inside the caller's transaction.
+async fn apply_projected_in(
     conn: &mut SqliteConnection,
-    projection: &str,
-    ops: &[DocOp],
-    versions: &AggregateVersions,
+    target: &Target,
+    events: &[ProjectedEvent],
     checkpoint: i64,
+) -> KernelResult<ApplyReport> {
+    let mut states: HashMap<&str, AggregateState> = HashMap::new();
+    let mut report = ApplyReport::default();
+    let mut applied: HashMap<&str, u64> = HashMap::new();
+    let now = chrono::Utc::now().to_rfc3339();
+    for event in events {
+        let key = event.aggregate_key.as_str();
+        let state = match states.get(key) {
+            Some(state) => *state,
+            None => AggregateState {
+                version: stored_version(conn, &target.key, key).await?,
+                parked: parked_range(conn, &target.key, key).await?,
+            },
+        };
+        let already_parked = state.parked.is_some_and(|(_, high)| event.sequence <= high);
+        if event.sequence <= state.version || already_parked {
+            report.skipped += 1;
+            continue;
+        }
+        let error = match (&event.outcome, state.parked) {
+            (Ok(_), None) => None,
+            (Err(error), None) => Some(error.clone()),
+            (Err(error), Some((low, _))) => Some(format!(
+                "held back: event {low} of {key} is parked; this one fails too: {error}"
+            )),
+            (Ok(_), Some((low, _))) => Some(format!("held back: event {low} of {key} is parked")),
+        };
+        let next = match (error, &event.outcome) {
+            (None, Ok(ops)) => {
+                for op in ops {
+                    apply_op(conn, target, op).await?;
+                }
+                applied.insert(key, event.sequence);
+                report.applied += 1;
+                AggregateState {
+                    version: event.sequence,
+                    parked: None,
+                }
+            }
+            (error, _) => {
+                let error = error.unwrap_or_default();
+                insert_parked(conn, &target.key, event, &error, &now).await?;
+                report.parked += 1;
+                let low = state.parked.map_or(event.sequence, |(low, _)| low);
+                AggregateState {
+                    version: state.version,
+                    parked: Some((low, event.sequence)),
+                }
+            }
+        };
+        states.insert(key, next);
+    }
+    let versions: AggregateVersions = applied
+        .into_iter()
+        .map(|(key, sequence)| (key.to_string(), sequence))
+        .collect();
+    apply_in(conn, target, &[], &versions, checkpoint).await?;
+    Ok(report)
+}
+
+async fn insert_parked(
+    conn: &mut SqliteConnection,
+    key: &str,
+    event: &ProjectedEvent,
+    error: &str,
+    now: &str,
 ) -> KernelResult<()> {
-    for op in ops {
-        apply_op(conn, op).await?;
-    }
-    for (key, sequence) in versions {
-        sqlx::query(UPSERT_VERSION)
-            .bind(projection)
-            .bind(key.as_str())
-            .bind(to_i64(*sequence, "sequence")?)
-            .execute(&mut *conn)
-            .await
-            .map_err(KernelError::storage)?;
-    }
-    sqlx::query(UPSERT_CHECKPOINT)
-        .bind(projection)
-        .bind(checkpoint)
-        .bind(chrono::Utc::now().to_rfc3339())
+    sqlx::query(INSERT_PARKED)
+        .bind(key)
+        .bind(event.aggregate_key.as_str())
+        .bind(to_i64(event.sequence, "sequence")?)
+        .bind(to_i64(event.position, "position")?)
+        .bind(event.event_id.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(serde_json::to_string(&event.envelope)?)
         .execute(&mut *conn)
         .await
         .map_err(KernelError::storage)?;
     Ok(())
 }
 
+/// Retries parked events in sequence order, inside the caller's transaction.
+async fn retry_parked_in(
+    conn: &mut SqliteConnection,
+    target: &Target,
+    mut events: Vec<ProjectedEvent>,
+) -> KernelResult<RetryReport> {
+    events.sort_by(|a, b| {
+        (a.aggregate_key.as_str(), a.sequence).cmp(&(b.aggregate_key.as_str(), b.sequence))
+    });
+    let mut report = RetryReport::default();
+    let mut failed: HashSet<String> = HashSet::new();
+    let mut aggregates: Vec<String> = Vec::new();
+    for event in &events {
+        let key = event.aggregate_key.as_str();
+        if !aggregates.iter().any(|a| a == key) {
+            aggregates.push(key.to_string());
+        }
+        if failed.contains(key) {
+            continue;
+        }
+        let sequence = to_i64(event.sequence, "sequence")?;
+        // Only what is still parked, and only from the aggregate's first parked event on.
+        let Some((low, _)) = parked_range(conn, &target.key, key).await? else {
+            continue;
+        };
+        if event.sequence < low {
+            continue;
+        }
+        if event.sequence > low {
+            set_parked_error(
+                conn,
+                &target.key,
+                key,
+                low,
+                "retry it first: it is the aggregate's first parked event",
+            )
+            .await?;
+            failed.insert(key.to_string());
+            continue;
+        }
+        let version = stored_version(conn, &target.key, key).await?;
+        if event.sequence > version {
+            match &event.outcome {
+                Ok(ops) => {
+                    for op in ops {
+                        apply_op(conn, target, op).await?;
+                    }
+                    let versions = vec![(key.to_string(), event.sequence)];
+                    write_versions(conn, &target.key, &versions).await?;
+                    report.applied += 1;
+                }
+                Err(error) => {
+                    set_parked_error(conn, &target.key, key, event.sequence, error).await?;
+                    failed.insert(key.to_string());
+                    continue;
+                }
+            }
+        }
+        sqlx::query(
+            "DELETE FROM parked WHERE projection = ? AND aggregate_key = ? AND sequence = ?",
+        )
+        .bind(target.key.as_str())
+        .bind(key)
+        .bind(sequence)
+        .execute(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    }
+    for key in &aggregates {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM parked WHERE projection = ? AND aggregate_key = ?",
+        )
+        .bind(target.key.as_str())
+        .bind(key.as_str())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+        report.still_parked += u64::try_from(count).unwrap_or(0);
+    }
+    Ok(report)
+}
+
+async fn set_parked_error(
+    conn: &mut SqliteConnection,
+    key: &str,
+    aggregate_key: &str,
+    sequence: u64,
+    error: &str,
+) -> KernelResult<()> {
+    sqlx::query(
+        "UPDATE parked SET error = ? WHERE projection = ? AND aggregate_key = ? AND sequence = ?",
+    )
+    .bind(error)
+    .bind(key)
+    .bind(aggregate_key)
+    .bind(to_i64(sequence, "sequence")?)
+    .execute(&mut *conn)
+    .await
+    .map_err(KernelError::storage)?;
+    Ok(())
+}
+
+async fn write_versions(
+    conn: &mut SqliteConnection,
+    key: &str,
+    versions: &AggregateVersions,
+) -> KernelResult<()> {
+    for (aggregate_key, sequence) in versions {
+        sqlx::query(UPSERT_VERSION)
+            .bind(key)
+            .bind(aggregate_key.as_str())
+            .bind(to_i64(*sequence, "sequence")?)
+            .execute(&mut *conn)
+            .await
+            .map_err(KernelError::storage)?;
+    }
+    Ok(())
+}
+
+async fn apply_in(
+    conn: &mut SqliteConnection,
+    target: &Target,
+    ops: &[DocOp],
+    versions: &AggregateVersions,
+    checkpoint: i64,
+) -> KernelResult<()> {
+    for op in ops {
+        apply_op(conn, target, op).await?;
+    }
+    write_versions(conn, &target.key, versions).await?;
+    sqlx::query(UPSERT_CHECKPOINT)
+        .bind(target.key.as_str())
+        .bind(checkpoint)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    renew_lease(conn, target).await
+}
+
+/// Deletes everything of one generation of a projection: documents, versions, checkpoint,
+/// parked events.
+async fn drop_generation_in(
+    conn: &mut SqliteConnection,
+    name: &str,
+    collections: &[String],
+    generation: u64,
+) -> KernelResult<()> {
+    for collection in collections {
+        sqlx::query("DELETE FROM documents WHERE collection = ?")
+            .bind(physical_collection(collection, generation))
+            .execute(&mut *conn)
+            .await
+            .map_err(KernelError::storage)?;
+    }
+    let key = projection_key(name, generation);
+    for table in ["aggregate_versions", "checkpoints", "parked"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE projection = ?"))
+            .bind(key.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(KernelError::storage)?;
+    }
+    Ok(())
+}
+
+/// Generations of a projection that have data and are not in `keep` (leftovers of a crashed
+/// rebuild or swap).
+async fn stray_generations(
+    conn: &mut SqliteConnection,
+    name: &str,
+    collections: &[String],
+    keep: &[u64],
+) -> KernelResult<Vec<u64>> {
+    let mut found: HashSet<u64> = HashSet::new();
+    // `#` sorts just before `$`: the range (`x#`, `x$`) holds exactly the names `x#...`.
+    let range = |prefix: &str| (format!("{prefix}#"), format!("{prefix}$"));
+    let mut names: Vec<String> = Vec::new();
+    let (low, high) = range(name);
+    for table in ["checkpoints", "aggregate_versions", "parked"] {
+        let sql = format!(
+            "SELECT DISTINCT projection FROM {table} WHERE projection > ? AND projection < ?"
+        );
+        names.extend(
+            sqlx::query_scalar::<_, String>(&sql)
+                .bind(low.as_str())
+                .bind(high.as_str())
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(KernelError::storage)?,
+        );
+    }
+    for collection in collections {
+        let (low, high) = range(collection);
+        names.extend(
+            sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT collection FROM documents WHERE collection > ? AND collection < ?",
+            )
+            .bind(low.as_str())
+            .bind(high.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(KernelError::storage)?,
+        );
+    }
+    for physical in &names {
+        if let (_, Some(generation)) = split_generation_key(physical) {
+            found.insert(generation);
+        }
+    }
+    // Generation 0 has plain names; it is stray once another generation is active.
+    if !keep.contains(&0) {
+        let mut any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM checkpoints WHERE projection = ?1) \
+             OR EXISTS (SELECT 1 FROM aggregate_versions WHERE projection = ?1)",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+        for collection in collections {
+            any = any
+                || sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM documents WHERE collection = ?)",
+                )
+                .bind(collection.as_str())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(KernelError::storage)?;
+        }
+        if any {
+            found.insert(0);
+        }
+    }
+    let mut stray: Vec<u64> = found.into_iter().filter(|g| !keep.contains(g)).collect();
+    stray.sort_unstable();
+    Ok(stray)
+}
+
+async fn begin_generation_in(
+    conn: &mut SqliteConnection,
+    name: &str,
+    collections: &[String],
+) -> KernelResult<u64> {
+    let row = generation_row(conn, name).await?;
+    if let Some(shadow) = row.shadow {
+        if row.shadow_is_fresh() {
+            return Err(KernelError::Rejected(DomainError::StateConflict(format!(
+                "a rebuild of {name} (generation {shadow}) is already running"
+            ))));
+        }
+    }
+    for collection in collections {
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT projection FROM generation_collections WHERE collection = ?",
+        )
+        .bind(collection.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+        if let Some(owner) = owner.filter(|owner| owner != name) {
+            return Err(KernelError::Storage(format!(
+                "collection {collection} belongs to projection {owner}, not {name}"
+            )));
+        }
+    }
+    let mut all = row.collections.clone();
+    for collection in collections {
+        if !all.contains(collection) {
+            all.push(collection.clone());
+        }
+    }
+    let generation = row.active.max(row.shadow.unwrap_or(0)) + 1;
+    // A stale shadow and any other leftover: only the active copy survives.
+    for stray in stray_generations(conn, name, &all, &[row.active]).await? {
+        drop_generation_in(conn, name, &all, stray).await?;
+    }
+    sqlx::query(
+        "INSERT INTO generations (projection, active, shadow, shadow_heartbeat, collections) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (projection) DO UPDATE SET \
+         shadow = excluded.shadow, shadow_heartbeat = excluded.shadow_heartbeat, \
+         collections = excluded.collections",
+    )
+    .bind(name)
+    .bind(to_i64(row.active, "generation")?)
+    .bind(to_i64(generation, "generation")?)
+    .bind(chrono::Utc::now().to_rfc3339())
+    .bind(serde_json::to_string(&all)?)
+    .execute(&mut *conn)
+    .await
+    .map_err(KernelError::storage)?;
+    for collection in &all {
+        sqlx::query(
+            "INSERT INTO generation_collections (collection, projection) VALUES (?, ?) \
+             ON CONFLICT (collection) DO NOTHING",
+        )
+        .bind(collection.as_str())
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    }
+    Ok(generation)
+}
+
+/// Swaps the shadow in if it dominates; returns the generation to drop afterwards.
+async fn swap_generation_in(
+    conn: &mut SqliteConnection,
+    name: &str,
+    generation: u64,
+) -> KernelResult<Option<(u64, Vec<String>)>> {
+    let row = generation_row(conn, name).await?;
+    if row.shadow != Some(generation) {
+        return Err(KernelError::Storage(format!(
+            "generation {generation} of {name} is not being rebuilt"
+        )));
+    }
+    let live = projection_key(name, row.active);
+    let shadow = projection_key(name, generation);
+    let behind: i64 = sqlx::query_scalar(BEHIND)
+        .bind(live.as_str())
+        .bind(shadow.as_str())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    if behind > 0 {
+        return Ok(None);
+    }
+    // The shadow has seen every event the live copy has, so it is at least as far.
+    let mut checkpoint: i64 = 0;
+    for key in [&live, &shadow] {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM checkpoints WHERE projection = ?")
+                .bind(key.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(KernelError::storage)?;
+        checkpoint = checkpoint.max(position.unwrap_or(0));
+    }
+    sqlx::query(UPSERT_CHECKPOINT)
+        .bind(shadow.as_str())
+        .bind(checkpoint)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    sqlx::query(
+        "UPDATE generations SET active = ?, shadow = NULL, shadow_heartbeat = NULL \
+         WHERE projection = ?",
+    )
+    .bind(to_i64(generation, "generation")?)
+    .bind(name)
+    .execute(&mut *conn)
+    .await
+    .map_err(KernelError::storage)?;
+    Ok(Some((row.active, row.collections)))
+}
+
+fn parked_from_row(row: &sqlx::sqlite::SqliteRow) -> KernelResult<ParkedEvent> {
+    let sequence: i64 = row.try_get(2).map_err(KernelError::storage)?;
+    let position: i64 = row.try_get(3).map_err(KernelError::storage)?;
+    let envelope: String = row.try_get(6).map_err(KernelError::storage)?;
+    Ok(ParkedEvent {
+        id: row.try_get(0).map_err(KernelError::storage)?,
+        aggregate_key: row.try_get(1).map_err(KernelError::storage)?,
+        sequence: u64::try_from(sequence).unwrap_or(0),
+        position: u64::try_from(position).unwrap_or(0),
+        error: row.try_get(4).map_err(KernelError::storage)?,
+        parked_at: row.try_get(5).map_err(KernelError::storage)?,
+        envelope: serde_json::from_str(&envelope)?,
+    })
+}
+
 #[async_trait]
 impl ReadStore for SqliteReadStore {
-    /// Runs to completion in a task of its own even if the caller is cancelled: a write
-    /// transaction cut between BEGIN and its guard would leave the single writer connection
-    /// inside it (sqlx-sqlite 0.8).
     async fn apply(
         &self,
         projection: &str,
@@ -480,46 +1120,49 @@ impl ReadStore for SqliteReadStore {
         versions: AggregateVersions,
         checkpoint: u64,
     ) -> KernelResult<()> {
-        let store = self.clone();
         let projection = projection.to_string();
-        tokio::spawn(async move {
-            store
-                .apply_now(&projection, ops, versions, checkpoint)
-                .await
-        })
+        let checkpoint = to_i64(checkpoint, "checkpoint")?;
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let target = resolve_write(conn, &projection).await?;
+                apply_in(conn, &target, &ops, &versions, checkpoint).await
+            })
+        }))
         .await
-        .map_err(|err| KernelError::Storage(format!("read store task: {err}")))?
     }
 
-    /// In a task of its own for the same reason as `apply`.
     async fn apply_guarded(
         &self,
         projection: &str,
         effects: Vec<EventEffect>,
         checkpoint: u64,
     ) -> KernelResult<()> {
-        let store = self.clone();
         let projection = projection.to_string();
-        tokio::spawn(async move {
-            store
-                .apply_guarded_now(&projection, effects, checkpoint)
-                .await
-        })
+        let checkpoint = to_i64(checkpoint, "checkpoint")?;
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let target = resolve_write(conn, &projection).await?;
+                apply_guarded_in(conn, &target, &effects, checkpoint).await
+            })
+        }))
         .await
-        .map_err(|err| KernelError::Storage(format!("read store task: {err}")))?
     }
 
     async fn checkpoint(&self, projection: &str) -> KernelResult<u64> {
+        let mut tx = self.reader.begin().await.map_err(KernelError::storage)?;
+        let target = resolve(&mut tx, projection).await?;
         let position: Option<i64> =
             sqlx::query_scalar("SELECT position FROM checkpoints WHERE projection = ?")
-                .bind(projection)
-                .fetch_optional(&self.reader)
+                .bind(target.key.as_str())
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(KernelError::storage)?;
+        tx.commit().await.map_err(KernelError::storage)?;
         Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
     }
 
     async fn versions(&self, projection: &str, keys: &[String]) -> KernelResult<AggregateVersions> {
+        let target = self.resolve_read(projection).await?;
         let mut found: HashMap<String, u64> = HashMap::new();
         for chunk in keys.chunks(VERSIONS_CHUNK) {
             let placeholders = vec!["?"; chunk.len()].join(", ");
@@ -527,7 +1170,7 @@ impl ReadStore for SqliteReadStore {
                 "SELECT aggregate_key, sequence FROM aggregate_versions \
                  WHERE projection = ? AND aggregate_key IN ({placeholders})"
             );
-            let mut query = sqlx::query(&sql).bind(projection);
+            let mut query = sqlx::query(&sql).bind(target.key.as_str());
             for key in chunk {
                 query = query.bind(key.as_str());
             }
@@ -549,21 +1192,32 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn get(&self, collection: &str, id: &str) -> KernelResult<Option<Value>> {
-        let body: Option<String> =
-            sqlx::query_scalar("SELECT body FROM documents WHERE collection = ? AND id = ?")
-                .bind(collection)
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(KernelError::storage)?;
+        // One statement: the active generation and the document come from one snapshot.
+        let sql = format!(
+            "SELECT body FROM documents WHERE collection = {RESOLVE_COLLECTION} AND id = ?2"
+        );
+        let body: Option<String> = sqlx::query_scalar(&sql)
+            .bind(collection)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(KernelError::storage)?;
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
     /// `limit == 0` means no limit. Ties of the sort field are broken by document id, so pages
     /// are stable.
     async fn find(&self, collection: &str, query: &DocQuery) -> KernelResult<DocPage> {
+        // One read transaction: the generation, the page and the total come from one snapshot.
+        let mut tx = self.reader.begin().await.map_err(KernelError::storage)?;
+        let physical: String = sqlx::query_scalar(&format!("SELECT {RESOLVE_COLLECTION}"))
+            .bind(collection)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(KernelError::storage)?;
+
         let mut condition = String::from("collection = ?");
-        let mut binds = vec![Bind::Text(collection.to_owned())];
+        let mut binds = vec![Bind::Text(physical)];
         for (field, value) in &query.filter {
             let (fragment, more) = equals(field, value)?;
             condition.push_str(" AND ");
@@ -596,8 +1250,6 @@ impl ReadStore for SqliteReadStore {
             "SELECT body FROM documents WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?"
         );
 
-        // One read transaction: the page and the total come from the same snapshot.
-        let mut tx = self.reader.begin().await.map_err(KernelError::storage)?;
         let total: i64 = bind_all(sqlx::query(&count_sql), &binds)
             .fetch_one(&mut *tx)
             .await
@@ -622,17 +1274,32 @@ impl ReadStore for SqliteReadStore {
         })
     }
 
-    /// In a task of its own for the same reason as `apply`.
+    /// Drops the target generation's documents of `collections`, its versions, checkpoint and
+    /// parked events.
     async fn reset(&self, projection: &str, collections: &[&str]) -> KernelResult<()> {
-        let store = self.clone();
         let projection = projection.to_string();
         let collections: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
-        tokio::spawn(async move {
-            let collections: Vec<&str> = collections.iter().map(String::as_str).collect();
-            store.reset_now(&projection, &collections).await
-        })
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let target = resolve_write(conn, &projection).await?;
+                for collection in &collections {
+                    sqlx::query("DELETE FROM documents WHERE collection = ?")
+                        .bind(target.physical(collection))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(KernelError::storage)?;
+                }
+                for table in ["aggregate_versions", "checkpoints", "parked"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE projection = ?"))
+                        .bind(target.key.as_str())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(KernelError::storage)?;
+                }
+                Ok(())
+            })
+        }))
         .await
-        .map_err(|err| KernelError::Storage(format!("read store task: {err}")))?
     }
 
     async fn ping(&self) -> KernelResult<()> {
@@ -641,6 +1308,171 @@ impl ReadStore for SqliteReadStore {
             .await
             .map(|_| ())
             .map_err(KernelError::storage)
+    }
+
+    async fn apply_projected(
+        &self,
+        projection: &str,
+        events: Vec<ProjectedEvent>,
+        checkpoint: u64,
+    ) -> KernelResult<ApplyReport> {
+        let projection = projection.to_string();
+        let checkpoint = to_i64(checkpoint, "checkpoint")?;
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let target = resolve_write(conn, &projection).await?;
+                apply_projected_in(conn, &target, &events, checkpoint).await
+            })
+        }))
+        .await
+    }
+
+    async fn parked(&self, projection: &str, limit: u32, offset: u64) -> KernelResult<ParkedPage> {
+        let limit = if limit == 0 { -1 } else { i64::from(limit) };
+        let items = self
+            .parked_query(projection, "", None, limit, to_i64(offset, "offset")?)
+            .await?;
+        let target = self.resolve_read(projection).await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM parked WHERE projection = ?")
+            .bind(target.key.as_str())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(KernelError::storage)?;
+        Ok(ParkedPage {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn parked_of(
+        &self,
+        projection: &str,
+        aggregate_key: &str,
+    ) -> KernelResult<Vec<ParkedEvent>> {
+        let mut items = self
+            .parked_query(
+                projection,
+                "AND aggregate_key = ?",
+                Some(aggregate_key),
+                -1,
+                0,
+            )
+            .await?;
+        items.sort_by_key(|parked| parked.sequence);
+        Ok(items)
+    }
+
+    async fn parked_by_id(&self, projection: &str, id: &str) -> KernelResult<Option<ParkedEvent>> {
+        Ok(self
+            .parked_query(projection, "AND event_id = ?", Some(id), 1, 0)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn retry_parked(
+        &self,
+        projection: &str,
+        events: Vec<ProjectedEvent>,
+    ) -> KernelResult<RetryReport> {
+        let projection = projection.to_string();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let target = resolve_write(conn, &projection).await?;
+                retry_parked_in(conn, &target, events).await
+            })
+        }))
+        .await
+    }
+
+    async fn status(&self, projection: &str) -> KernelResult<Option<Value>> {
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM documents WHERE collection = ? AND id = ?")
+                .bind(STATUS_COLLECTION)
+                .bind(projection)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(KernelError::storage)?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    async fn merge_status(&self, projection: &str, patch: Value) -> KernelResult<()> {
+        let projection = projection.to_string();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let created = serde_json::json!({ "name": projection });
+                sqlx::query(INSERT_DOC_IF_ABSENT)
+                    .bind(STATUS_COLLECTION)
+                    .bind(projection.as_str())
+                    .bind(serde_json::to_string(&created)?)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(KernelError::storage)?;
+                merge_fields(conn, STATUS_COLLECTION, &projection, &patch).await
+            })
+        }))
+        .await
+    }
+
+    async fn generation(&self, projection: &str) -> KernelResult<u64> {
+        let mut conn = self.reader.acquire().await.map_err(KernelError::storage)?;
+        Ok(generation_row(&mut conn, projection).await?.active)
+    }
+
+    async fn begin_generation(&self, projection: &str, collections: &[&str]) -> KernelResult<u64> {
+        let name = projection.to_string();
+        let collections: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move { begin_generation_in(conn, &name, &collections).await })
+        }))
+        .await
+    }
+
+    async fn swap_generation(&self, projection: &str, generation: u64) -> KernelResult<bool> {
+        let name = projection.to_string();
+        let swapped = self
+            .write(Box::new(move |conn| {
+                Box::pin(async move { swap_generation_in(conn, &name, generation).await })
+            }))
+            .await?;
+        let Some((old, collections)) = swapped else {
+            return Ok(false);
+        };
+        // Nothing resolves to the old generation any more; a crash here leaves it for the
+        // next rebuild to drop.
+        let name = projection.to_string();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move { drop_generation_in(conn, &name, &collections, old).await })
+        }))
+        .await?;
+        Ok(true)
+    }
+
+    async fn abandon_generation(&self, projection: &str, generation: u64) -> KernelResult<()> {
+        let name = projection.to_string();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let row = generation_row(conn, &name).await?;
+                if row.active == generation {
+                    return Err(KernelError::Storage(format!(
+                        "generation {generation} of {name} is active"
+                    )));
+                }
+                drop_generation_in(conn, &name, &row.collections, generation).await?;
+                if row.shadow == Some(generation) {
+                    sqlx::query(
+                        "UPDATE generations SET shadow = NULL, shadow_heartbeat = NULL \
+                         WHERE projection = ?",
+                    )
+                    .bind(name.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(KernelError::storage)?;
+                }
+                Ok(())
+            })
+        }))
+        .await
     }
 }
 

@@ -171,6 +171,85 @@ pub struct EventEffect {
 /// The per-aggregate high-water marks a projection has applied, for idempotency.
 pub type AggregateVersions = Vec<(String, u64)>;
 
+/// An event as a projection saw it: what it does to the read models, or why the projection
+/// could not apply it. The input of [`ReadStore::apply_projected`], which parks it (and every
+/// later event of its aggregate) instead of applying it when it failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectedEvent {
+    /// `aggregate_type/aggregate_id`.
+    pub aggregate_key: String,
+    pub sequence: u64,
+    pub position: u64,
+    /// The event id: the id of its parked entry, if it gets parked.
+    pub event_id: String,
+    /// The ops, or the projection's error.
+    pub outcome: Result<Vec<DocOp>, String>,
+    /// What a parked entry shows: the event's envelope, without its payload (a parked copy
+    /// of personal data would survive crypto-shredding).
+    pub envelope: Value,
+}
+
+/// What one `apply_projected` call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub applied: u64,
+    /// Newly parked events (failed, or behind a parked event of their aggregate).
+    pub parked: u64,
+    /// Already applied or already parked (redelivery).
+    pub skipped: u64,
+}
+
+/// A parked event of a projection.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ParkedEvent {
+    /// The event id.
+    pub id: String,
+    pub aggregate_key: String,
+    pub sequence: u64,
+    pub position: u64,
+    /// The projection's error for this event, or which parked event holds it back.
+    pub error: String,
+    /// RFC 3339.
+    pub parked_at: String,
+    pub envelope: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedPage {
+    /// In position order.
+    pub items: Vec<ParkedEvent>,
+    pub total: u64,
+}
+
+/// What a retry of parked events did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetryReport {
+    /// Parked events applied and un-parked.
+    pub applied: u64,
+    /// Events of the aggregate still parked afterwards.
+    pub still_parked: u64,
+}
+
+/// The name under which read-store calls target one generation of a projection explicitly
+/// (a shadow copy being rebuilt): `name#generation`. A plain name targets the active one.
+pub fn generation_key(projection: &str, generation: u64) -> String {
+    format!("{projection}#{generation}")
+}
+
+/// Splits `name#generation`; a plain name gives `None`.
+pub fn split_generation_key(key: &str) -> (&str, Option<u64>) {
+    match key.rsplit_once('#') {
+        Some((name, generation)) => match generation.parse() {
+            Ok(generation) => (name, Some(generation)),
+            Err(_) => (key, None),
+        },
+        None => (key, None),
+    }
+}
+
+/// The collection holding each projection's status document (see `kernel::projector`).
+pub const STATUS_COLLECTION: &str = "_projections";
+
 /// Read-model storage (SQLite documents, or MongoDB).
 #[async_trait]
 pub trait ReadStore: Send + Sync + 'static {
@@ -202,4 +281,58 @@ pub trait ReadStore: Send + Sync + 'static {
     /// Drops everything a projection wrote: its collections, versions and checkpoint.
     async fn reset(&self, projection: &str, collections: &[&str]) -> KernelResult<()>;
     async fn ping(&self) -> KernelResult<()>;
+
+    // Parking, generations and status (issue 3). Every `projection` argument above and below
+    // may be `name#generation` (see [`generation_key`]) to target a shadow copy; a plain name
+    // targets the active generation, resolved by the store at the time of the call. Logical
+    // collection names in `DocOp`s, `get` and `find` are mapped to the generation's copy.
+
+    /// Like `apply_guarded`, with ordered parking: an event whose outcome is an error is
+    /// parked, and so is every later event of an aggregate that has parked events, while the
+    /// others apply. Already applied or already parked events are skipped (redelivery).
+    /// Effects, parked entries, versions and the checkpoint move together (atomically where
+    /// the backend has transactions; see each adapter for its guarantee).
+    async fn apply_projected(
+        &self,
+        projection: &str,
+        events: Vec<ProjectedEvent>,
+        checkpoint: u64,
+    ) -> KernelResult<ApplyReport>;
+    /// A page of the projection's parked events, in position order (`limit == 0`: all).
+    async fn parked(&self, projection: &str, limit: u32, offset: u64) -> KernelResult<ParkedPage>;
+    /// The parked events of one aggregate, in sequence order.
+    async fn parked_of(
+        &self,
+        projection: &str,
+        aggregate_key: &str,
+    ) -> KernelResult<Vec<ParkedEvent>>;
+    /// The parked event with this id, if any.
+    async fn parked_by_id(&self, projection: &str, id: &str) -> KernelResult<Option<ParkedEvent>>;
+    /// Retries parked events of one aggregate with fresh outcomes, in sequence order: each one
+    /// that still is parked applies and is un-parked, up to the first failure, which keeps its
+    /// new error (it and every later one stay parked).
+    async fn retry_parked(
+        &self,
+        projection: &str,
+        events: Vec<ProjectedEvent>,
+    ) -> KernelResult<RetryReport>;
+
+    /// The projection's status document (collection [`STATUS_COLLECTION`]), if any.
+    async fn status(&self, projection: &str) -> KernelResult<Option<Value>>;
+    /// Sets top-level fields of the status document, creating it if absent.
+    async fn merge_status(&self, projection: &str, patch: Value) -> KernelResult<()>;
+
+    /// The active generation of a projection (0 until its first rebuild).
+    async fn generation(&self, projection: &str) -> KernelResult<u64>;
+    /// Starts a shadow generation of a projection owning `collections`, empty, and returns
+    /// its number. Fails with a state conflict while another rebuild holds a fresh lease
+    /// (a shadow applied to within the last minute); a stale shadow is dropped.
+    async fn begin_generation(&self, projection: &str, collections: &[&str]) -> KernelResult<u64>;
+    /// Swaps the shadow `generation` in, if it has seen (applied or parked) at least every
+    /// event the active one has, per aggregate; its checkpoint becomes the higher of the two.
+    /// Returns false, changing nothing, when the shadow is behind: catch up and try again.
+    /// The old generation is dropped.
+    async fn swap_generation(&self, projection: &str, generation: u64) -> KernelResult<bool>;
+    /// Drops a shadow generation that will not be swapped in.
+    async fn abandon_generation(&self, projection: &str, generation: u64) -> KernelResult<()>;
 }

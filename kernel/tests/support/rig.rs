@@ -99,6 +99,7 @@ impl SnapshotStore for FailingSnapshots {
 /// Feed settings for tests: fast polling, a short minimum gap wait, a long maximum one.
 pub fn feed_settings(batch_size: u32) -> FeedSettings {
     FeedSettings {
+        backend: kernel::config::FeedBackend::Embedded,
         poll_interval: Duration::from_millis(10),
         batch_size,
         gap_min_wait: Duration::from_millis(50),

@@ -749,6 +749,67 @@ macro_rules! sql_event_store {
                 ids.into_iter().map($crate::adapters::sql::text).collect()
             }
         }
+
+        /// Relay positions (`relay_checkpoints`), in portable SQL: a guarded UPDATE moves a
+        /// position forward only; the first store of a name INSERTs it (a concurrent first
+        /// store loses on the primary key and then updates).
+        #[async_trait::async_trait]
+        impl $crate::relay::RelayCheckpoints for $store {
+            async fn relay_position(&self, name: &str) -> $crate::error::KernelResult<u64> {
+                let position: Option<i64> =
+                    sqlx::query_scalar("SELECT position FROM relay_checkpoints WHERE name = ?")
+                        .bind(name)
+                        .fetch_optional(self.writer())
+                        .await
+                        .map_err($crate::error::KernelError::storage)?;
+                position.map_or(Ok(0), $crate::adapters::sql::to_u64)
+            }
+
+            async fn store_relay_position(
+                &self,
+                name: &str,
+                position: u64,
+            ) -> $crate::error::KernelResult<()> {
+                let position = $crate::adapters::sql::to_i64(position);
+                for _ in 0..2 {
+                    let updated = sqlx::query(
+                        "UPDATE relay_checkpoints SET position = ? WHERE name = ? AND position < ?",
+                    )
+                    .bind(position)
+                    .bind(name)
+                    .bind(position)
+                    .execute(self.writer())
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                    if updated.rows_affected() > 0 {
+                        return Ok(());
+                    }
+                    let exists: Option<i64> =
+                        sqlx::query_scalar("SELECT position FROM relay_checkpoints WHERE name = ?")
+                            .bind(name)
+                            .fetch_optional(self.writer())
+                            .await
+                            .map_err($crate::error::KernelError::storage)?;
+                    if exists.is_some() {
+                        // Already at or past `position`.
+                        return Ok(());
+                    }
+                    match sqlx::query("INSERT INTO relay_checkpoints (name, position) VALUES (?, ?)")
+                        .bind(name)
+                        .bind(position)
+                        .execute(self.writer())
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(err) if $crate::adapters::sql::is_unique_violation(&err) => continue,
+                        Err(err) => return Err($crate::error::KernelError::storage(err)),
+                    }
+                }
+                Err($crate::error::KernelError::Storage(format!(
+                    "relay position of {name} could not be stored"
+                )))
+            }
+        }
     };
 }
 pub(crate) use sql_event_store;
