@@ -247,19 +247,8 @@ macro_rules! sql_event_store {
                 after_position: u64,
                 limit: u32,
             ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
-                let sql = format!(
-                    "SELECT {} FROM events WHERE event_type = ? AND position > ? \
-                     ORDER BY position LIMIT ?",
-                    $crate::adapters::sql::EVENT_COLUMNS
-                );
-                let rows = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql)
-                    .bind(event_type)
-                    .bind($crate::adapters::sql::to_i64(after_position))
-                    .bind(i64::from(limit))
-                    .fetch_all(self.reader())
+                self.events_where("event_type", event_type, after_position, limit)
                     .await
-                    .map_err($crate::error::KernelError::storage)?;
-                $crate::adapters::sql::rows_to_events(rows)
             }
 
             /// Events of every aggregate of one type with `position > after_position`, in
@@ -270,13 +259,25 @@ macro_rules! sql_event_store {
                 after_position: u64,
                 limit: u32,
             ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
+                self.events_where("aggregate_type", aggregate_type, after_position, limit)
+                    .await
+            }
+
+            /// Events whose `column` (a fixed column name, never user input) equals `value`.
+            async fn events_where(
+                &self,
+                column: &'static str,
+                value: &str,
+                after_position: u64,
+                limit: u32,
+            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
                 let sql = format!(
-                    "SELECT {} FROM events WHERE aggregate_type = ? AND position > ? \
+                    "SELECT {} FROM events WHERE {column} = ? AND position > ? \
                      ORDER BY position LIMIT ?",
                     $crate::adapters::sql::EVENT_COLUMNS
                 );
                 let rows = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql)
-                    .bind(aggregate_type)
+                    .bind(value)
                     .bind($crate::adapters::sql::to_i64(after_position))
                     .bind(i64::from(limit))
                     .fetch_all(self.reader())
