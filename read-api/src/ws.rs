@@ -263,14 +263,12 @@ impl Session {
                         Err(RecvError::Closed) => return self.close(1001, "server shutting down").await,
                     },
                     incoming = self.stream.next() => match incoming {
-                        Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
-                            Ok(ClientMessage { subscribe: Some(next), .. }) => {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(next) = self.subscription_in(&text).await? {
                                 subscription = Subscription { allowed_contexts: allowed_contexts.clone(), ..next };
                                 continue 'subscribed;
                             }
-                            Ok(_) => self.send(json!({"type": "error", "detail": "expected {\"subscribe\": {...}}"}).to_string()).await?,
-                            Err(detail) => self.send(json!({"type": "error", "detail": detail}).to_string()).await?,
-                        },
+                        }
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
                         Some(Ok(_)) => {}
                         Some(Err(err)) => return Err(err.to_string()),
@@ -278,6 +276,21 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The subscription a client frame carries; anything else gets an error frame back.
+    async fn subscription_in(&mut self, text: &str) -> Result<Option<Subscription>, String> {
+        let detail = match parse_client_message(text) {
+            Ok(ClientMessage {
+                subscribe: Some(subscription),
+                ..
+            }) => return Ok(Some(subscription)),
+            Ok(_) => "expected {\"subscribe\": {...}}".to_string(),
+            Err(detail) => detail,
+        };
+        self.send(json!({"type": "error", "detail": detail}).to_string())
+            .await?;
+        Ok(None)
     }
 
     /// Waits for the first `{"subscribe": {...}}`; `None` if the client leaves first.
@@ -291,13 +304,11 @@ impl Session {
                     return self.close(CLOSE_UNAUTHORIZED, "token expired").await.map(|_| None);
                 }
                 incoming = self.stream.next() => match incoming {
-                    Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
-                        Ok(ClientMessage { subscribe: Some(subscription), .. }) => {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(subscription) = self.subscription_in(&text).await? {
                             return Ok(Some(subscription));
                         }
-                        Ok(_) => self.send(json!({"type": "error", "detail": "expected {\"subscribe\": {...}}"}).to_string()).await?,
-                        Err(detail) => self.send(json!({"type": "error", "detail": detail}).to_string()).await?,
-                    },
+                    }
                     Some(Ok(Message::Close(_))) | None => return Ok(None),
                     Some(Ok(_)) => {}
                     Some(Err(err)) => return Err(err.to_string()),
