@@ -168,10 +168,7 @@ async fn quintet_specs() -> Result<Vec<(&'static str, String)>, String> {
         let (backends, read_state) = read_api::connect_and_start(&settings, shutdown)
             .await
             .map_err(|err| err.to_string())?;
-        let write_state = write_api::WriteState {
-            engine: backends.engine.clone(),
-            memento: settings.memento.policy(),
-        };
+        let write_state = write_api::WriteState::new(backends.engine.clone(), &settings);
         Ok(vec![
             (
                 "write-api.json",

@@ -66,6 +66,9 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub websocket: WebSocketSettings,
     pub memento: MementoSettings,
+    /// The event-sourcing context's limits and supported types (seed 003's keys).
+    #[serde(default)]
+    pub event_sourcing: crate::domain::event_sourcing::EventSourcingPolicy,
     pub logging: LoggingSettings,
     #[serde(default)]
     pub kafka: KafkaSettings,
@@ -247,6 +250,14 @@ pub struct SecuritySettings {
     pub rate_limit_window: Duration,
     pub max_body_bytes: usize,
     pub cors_origins: Vec<String>,
+    /// A request that takes longer is answered 503 with `Retry-After` (WebSocket sessions
+    /// are not requests: only their upgrade is timed).
+    #[serde(with = "duration_text", default = "default_request_timeout")]
+    pub request_timeout: Duration,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +267,14 @@ pub struct WebSocketSettings {
     /// Messages buffered per connection before a slow consumer is closed.
     pub buffer: usize,
     pub max_frame_bytes: usize,
+    /// A client that does not take a frame within this long (its TCP window stays shut) is
+    /// dropped: a stalled send would otherwise hold the session forever.
+    #[serde(with = "duration_text", default = "default_send_timeout")]
+    pub send_timeout: Duration,
+}
+
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,6 +372,9 @@ impl Settings {
                 "security.rate_limit_requests and rate_limit_window must be positive".into(),
             ));
         }
+        self.event_sourcing
+            .validate()
+            .map_err(|err| ConfigError::Invalid(format!("event_sourcing: {err}")))?;
         if self.snapshots.every == 0 {
             return Err(ConfigError::Invalid(
                 "snapshots.every must be positive".into(),

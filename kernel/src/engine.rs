@@ -527,8 +527,11 @@ impl Engine {
     }
 
     /// Any problem with a snapshot (missing, unreadable, wrong checksum, Redis down) means
-    /// "no snapshot": the caller replays.
-    async fn read_snapshot<A: EventSourced>(&self, aggregate_id: &str) -> Option<(A, u64, Uuid)> {
+    /// "no snapshot": the caller replays. Returns the state, its sequence and last event id.
+    pub async fn read_snapshot<A: EventSourced>(
+        &self,
+        aggregate_id: &str,
+    ) -> Option<(A, u64, Uuid)> {
         let key = snapshot_key(A::TYPE, aggregate_id, &state_fingerprint::<A>());
         let bytes = match self.snapshots.get(&key).await {
             Ok(Some(bytes)) => bytes,

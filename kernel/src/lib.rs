@@ -8,6 +8,7 @@ pub mod domain;
 pub mod envelope;
 pub mod error;
 pub mod ports;
+pub mod spec;
 
 pub use error::{KernelError, KernelResult};
 pub mod config;

@@ -61,7 +61,9 @@ use crate::engine::Engine;
 use crate::envelope::{RecordedEvent, StoredEvent};
 use crate::error::{KernelError, KernelResult};
 use crate::feed::{Hub, Tailer};
-use crate::ports::{generation_key, ApplyReport, ProjectedEvent, ReadStore, RetryReport};
+use crate::ports::{
+    generation_key, ApplyReport, DocOp, ProjectedEvent, ReadCache, ReadStore, RetryReport,
+};
 
 /// How often the pause flag is re-read.
 pub const PAUSE_POLL: Duration = Duration::from_millis(250);
@@ -173,6 +175,8 @@ pub struct ProjectionRunner {
     pause: Mutex<PauseCache>,
     /// Events applied (or parked) since start, for the rate.
     processed: AtomicU64,
+    /// The read cache whose entries this projection's changes invalidate.
+    cache: Option<Arc<dyn ReadCache>>,
 }
 
 impl ProjectionRunner {
@@ -196,7 +200,14 @@ impl ProjectionRunner {
                 checked: None,
             }),
             processed: AtomicU64::new(0),
+            cache: None,
         }
+    }
+
+    /// Invalidates the read-cache entries of the documents each applied batch changes.
+    pub fn with_cache(mut self, cache: Arc<dyn ReadCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Makes the runner build one generation of the projection (a shadow copy) instead of
@@ -371,8 +382,13 @@ impl ProjectionRunner {
                 projected.push(decode_for(&self.engine, &*self.projection, stored).await?);
             }
         }
+        let touched = Touched::of(&projected);
         let report = self.apply_projected(projected, last).await?;
+        // The checkpoint moves before the invalidation: see `read_api::cache`.
         self.position.send_replace(last);
+        if let Some(cache) = self.cache.as_ref().filter(|_| !self.target.contains('#')) {
+            touched.invalidate(&**cache).await;
+        }
         metrics::gauge!("quintet_projection_position", "projection" => self.projection.name())
             .set(last as f64);
         Ok(report)
@@ -414,6 +430,68 @@ impl ProjectionRunner {
                 .increment(report.parked);
         }
         Ok(report)
+    }
+}
+
+/// What a batch of projected events changes, as read-cache keys (`collection/id`), and the
+/// collections changed by filter (whose entries are all dropped).
+#[derive(Debug, Default)]
+pub struct Touched {
+    keys: std::collections::HashSet<String>,
+    collections: std::collections::HashSet<String>,
+}
+
+impl Touched {
+    pub fn of(projected: &[ProjectedEvent]) -> Self {
+        let mut touched = Touched::default();
+        for ops in projected
+            .iter()
+            .filter_map(|event| event.outcome.as_ref().ok())
+        {
+            for op in ops {
+                match op {
+                    DocOp::Upsert { collection, id, .. }
+                    | DocOp::Merge { collection, id, .. }
+                    | DocOp::Increment { collection, id, .. }
+                    | DocOp::Delete { collection, id } => {
+                        touched.keys.insert(format!("{collection}/{id}"));
+                    }
+                    DocOp::DeleteWhere { collection, .. }
+                    | DocOp::TombstoneWhere { collection, .. } => {
+                        touched.collections.insert(collection.clone());
+                    }
+                }
+            }
+        }
+        touched
+    }
+
+    /// Everything a projection owns (after a rebuild swapped in a new copy).
+    pub fn all_of(projection: &dyn Projection) -> Self {
+        Touched {
+            keys: Default::default(),
+            collections: projection
+                .collections()
+                .iter()
+                .map(|collection| collection.to_string())
+                .collect(),
+        }
+    }
+
+    /// Drops the entries; a cache that fails only costs a warning (entries expire anyway).
+    pub async fn invalidate(&self, cache: &dyn ReadCache) {
+        for key in &self.keys {
+            if let Err(err) = cache.invalidate(key).await {
+                tracing::warn!(error = %err, "read cache invalidation failed");
+                return;
+            }
+        }
+        for collection in &self.collections {
+            if let Err(err) = cache.invalidate_prefix(&format!("{collection}/")).await {
+                tracing::warn!(error = %err, "read cache invalidation failed");
+                return;
+            }
+        }
     }
 }
 

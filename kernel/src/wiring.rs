@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use crate::adapters::memory::MemorySnapshotStore;
+use crate::adapters::memory::{MemoryCache, MemorySnapshotStore};
 use crate::adapters::mongo::MongoReadStore;
 use crate::adapters::read_sqlite::SqliteReadStore;
-use crate::adapters::redis::RedisSnapshotStore;
+use crate::adapters::redis::{RedisCache, RedisSnapshotStore};
 use crate::adapters::sql::{MySqlEventStore, SqliteEventStore};
 use crate::codec::{Codec, MasterKey};
 use crate::config::{MemoryOrRedis, ReadBackend, Settings, StoreBackend};
 use crate::engine::Engine;
 use crate::error::{KernelError, KernelResult};
-use crate::ports::{EventStore, KeyStore, ReadStore, SnapshotStore};
+use crate::ports::{EventStore, KeyStore, ReadCache, ReadStore, SnapshotStore};
 
 /// Connected backends.
 #[derive(Clone)]
@@ -80,6 +80,21 @@ pub async fn connect_read_store(settings: &Settings) -> KernelResult<Arc<dyn Rea
     let store = SqliteReadStore::connect(&path.display().to_string(), 4).await?;
     store.migrate().await?;
     Ok(Arc::new(store))
+}
+
+/// Connects the read cache: an in-process LRU of `cache.max_size` entries, or Redis (keys
+/// under `{redis.key_prefix}cache:`).
+pub async fn connect_read_cache(settings: &Settings) -> KernelResult<Arc<dyn ReadCache>> {
+    Ok(match settings.cache.backend {
+        MemoryOrRedis::Memory => Arc::new(MemoryCache::new(settings.cache.max_size)),
+        MemoryOrRedis::Redis => Arc::new(
+            RedisCache::connect(
+                &settings.redis.url(),
+                &format!("{}cache:", settings.redis.key_prefix),
+            )
+            .await?,
+        ),
+    })
 }
 
 fn ensure_data_dir(settings: &Settings) -> KernelResult<()> {

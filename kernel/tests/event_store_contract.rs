@@ -15,7 +15,7 @@ use kernel::domain::DomainError;
 use kernel::envelope::{
     AppendBatch, Committed, IdempotencyKey, NewEvent, Reservation, StoredEvent, StreamAppend,
 };
-use kernel::ports::{EventStore, KeyStore};
+use kernel::ports::{EventFilter, EventStore, KeyStore};
 use kernel::{KernelError, KernelResult};
 use uuid::Uuid;
 
@@ -45,7 +45,12 @@ macro_rules! backend {
                 after: u64,
                 limit: u32,
             ) -> KernelResult<Vec<StoredEvent>> {
-                self.events_by_type(t, after, limit).await
+                let filter = EventFilter {
+                    event_type: Some(t.to_string()),
+                    after_position: after,
+                    ..Default::default()
+                };
+                Ok(self.query_events(&filter, 0, limit).await?.events)
             }
             async fn by_aggregate_type(
                 &self,
@@ -53,7 +58,12 @@ macro_rules! backend {
                 after: u64,
                 limit: u32,
             ) -> KernelResult<Vec<StoredEvent>> {
-                self.events_by_aggregate_type(t, after, limit).await
+                let filter = EventFilter {
+                    aggregate_types: vec![t.to_string()],
+                    after_position: after,
+                    ..Default::default()
+                };
+                Ok(self.query_events(&filter, 0, limit).await?.events)
             }
         }
     };

@@ -192,6 +192,17 @@ impl EventStore for CommitDuringGapCheck {
     async fn head_position(&self) -> KernelResult<u64> {
         self.inner.head_position().await
     }
+    async fn query_events(
+        &self,
+        filter: &kernel::ports::EventFilter,
+        offset: u64,
+        limit: u32,
+    ) -> KernelResult<kernel::ports::EventPage> {
+        self.inner.query_events(filter, offset, limit).await
+    }
+    async fn event_stats(&self, types: &[String]) -> KernelResult<kernel::ports::EventStats> {
+        self.inner.event_stats(types).await
+    }
     async fn idempotent_result(&self, key: &str) -> KernelResult<Option<IdempotentResult>> {
         self.inner.idempotent_result(key).await
     }

@@ -11,6 +11,7 @@ use kernel::adapters::read_sqlite::SqliteReadStore;
 use kernel::ports::{
     generation_key, DocOp, DocQuery, EventEffect, ProjectedEvent, ReadStore, STATUS_COLLECTION,
 };
+use kernel::spec::{parse_filter, parse_sort, FieldKind, FieldSpec};
 use serde_json::{json, Value};
 
 /// The scenarios. Each one starts from an empty store.
@@ -51,7 +52,8 @@ mod scenarios {
                 .iter()
                 .map(|(f, v)| ((*f).to_owned(), v.clone()))
                 .collect(),
-            sort: None,
+            condition: None,
+            sort: vec![],
             limit: 0,
             offset: 0,
         }
@@ -416,7 +418,7 @@ mod scenarios {
 
         // Numeric sort (2 before 10), descending, paged; total ignores paging.
         let mut q = query(&[("user_id", json!("u1"))]);
-        q.sort = Some(("amount".into(), false));
+        q.sort = vec![("amount".into(), false)];
         q.limit = 3;
         q.offset = 2;
         let page = store.find("orders", &q).await.expect("find");
@@ -424,7 +426,7 @@ mod scenarios {
         assert_eq!(ids(&page.items), vec!["o16", "o13", "o10"]);
 
         let mut q = query(&[]);
-        q.sort = Some(("amount".into(), true));
+        q.sort = vec![("amount".into(), true)];
         q.limit = 4;
         q.offset = 8;
         let page = store.find("orders", &q).await.expect("find");
@@ -432,7 +434,7 @@ mod scenarios {
 
         // Sort by a string field, then the remaining page.
         let mut q = query(&[]);
-        q.sort = Some(("user_id".into(), true));
+        q.sort = vec![("user_id".into(), true)];
         q.limit = 10;
         let page = store.find("orders", &q).await.expect("find");
         let users: Vec<&Value> = page.items.iter().map(|d| &d["user_id"]).collect();
@@ -504,6 +506,311 @@ mod scenarios {
         assert_eq!(
             find_ids(store, "t", &by(json!(9_007_199_254_740_993_i64))).await,
             vec!["big"]
+        );
+    }
+
+    /// The fields of the specification scenarios' `products` collection.
+    const PRODUCT_FIELDS: &[FieldSpec] = &[
+        FieldSpec::new("name", FieldKind::Text),
+        FieldSpec::new("category", FieldKind::Text),
+        FieldSpec::new("price", FieldKind::Number),
+        FieldSpec::new("sku", FieldKind::Text),
+        FieldSpec::new("active", FieldKind::Bool),
+        FieldSpec::new("note", FieldKind::Text),
+        FieldSpec::new("created_at", FieldKind::Time),
+    ];
+
+    /// Ten products, with a wrong-typed, a null, an array-valued and a missing field here and
+    /// there (p08-p10), which no typed comparison matches.
+    async fn products(store: &dyn ReadStore) {
+        let time = |day: &str| format!("2024-{day}T00:00:00.000000Z");
+        let docs = vec![
+            json!({"id": "p01", "name": "apple", "category": "fruit", "price": 3, "sku": "10",
+                   "active": true, "note": "50% off", "created_at": time("01-01")}),
+            json!({"id": "p02", "name": "Banana", "category": "fruit", "price": 1.5, "sku": "9",
+                   "active": true, "note": "half_price", "created_at": time("01-02")}),
+            json!({"id": "p03", "name": "cherry", "category": "fruit", "price": 10, "sku": "100",
+                   "active": false, "note": "5% OFF", "created_at": time("01-03")}),
+            json!({"id": "p04", "name": "Daikon", "category": "veg", "price": 2, "sku": "2",
+                   "active": true, "note": "x5_y", "created_at": time("02-01")}),
+            json!({"id": "p05", "name": "eggplant", "category": "veg", "price": 10.0, "sku": "20",
+                   "active": false, "note": "Café", "created_at": time("02-02")}),
+            json!({"id": "p06", "name": "fennel", "category": "veg", "price": 7.25, "sku": "7",
+                   "active": true, "note": "CAFÉ", "created_at": time("03-01")}),
+            json!({"id": "p07", "name": "Garlic", "category": "spice", "price": 0.5, "sku": "1",
+                   "active": true, "note": null, "created_at": time("03-02")}),
+            json!({"id": "p08", "name": "horseradish", "category": "spice", "price": "5",
+                   "sku": 5, "active": "yes", "created_at": time("03-03")}),
+            json!({"id": "p09", "name": "ice", "category": "other"}),
+            json!({"id": "p10", "name": "juniper", "category": "spice", "price": [1, 2],
+                   "sku": ["1"], "active": [true], "note": ["50% off"], "created_at": null}),
+        ];
+        let ops_list = docs
+            .into_iter()
+            .map(|doc| {
+                let id = doc["id"].as_str().expect("id").to_owned();
+                upsert("products", &id, doc)
+            })
+            .collect();
+        ops(store, ops_list).await;
+        // Another collection with matching documents, never returned.
+        ops(
+            store,
+            vec![upsert(
+                "other",
+                "x",
+                json!({"id": "x", "category": "fruit", "price": 3}),
+            )],
+        )
+        .await;
+    }
+
+    fn spec_query(filter: Value, sort: Value) -> DocQuery {
+        DocQuery {
+            filter: vec![],
+            condition: Some(parse_filter(&filter, PRODUCT_FIELDS).expect("valid filter")),
+            sort: parse_sort(&sort, PRODUCT_FIELDS).expect("valid sort"),
+            limit: 0,
+            offset: 0,
+        }
+    }
+
+    fn cond(field: &str, op: &str, value: Value) -> Value {
+        json!({"field": field, "op": op, "value": value})
+    }
+
+    pub async fn specifications_filter_by_every_op(store: &dyn ReadStore) {
+        products(store).await;
+        let table: Vec<(Value, Vec<&str>)> = vec![
+            (
+                cond("category", "eq", json!("fruit")),
+                vec!["p01", "p02", "p03"],
+            ),
+            // ne and not match missing, null and wrong-typed fields too.
+            (
+                cond("category", "ne", json!("fruit")),
+                vec!["p04", "p05", "p06", "p07", "p08", "p09", "p10"],
+            ),
+            // Numbers compare numerically (10 > 2, 10.0 == 10); "5" and [1, 2] are no numbers.
+            (
+                cond("price", "gt", json!(2)),
+                vec!["p01", "p03", "p05", "p06"],
+            ),
+            (
+                cond("price", "gte", json!(2)),
+                vec!["p01", "p03", "p04", "p05", "p06"],
+            ),
+            (cond("price", "lt", json!(2)), vec!["p02", "p07"]),
+            (cond("price", "lte", json!(2)), vec!["p02", "p04", "p07"]),
+            (cond("price", "eq", json!(10)), vec!["p03", "p05"]),
+            (cond("price", "eq", json!(10.0)), vec!["p03", "p05"]),
+            (cond("price", "eq", json!(5)), vec![]),
+            (
+                cond("price", "ne", json!(10)),
+                vec!["p01", "p02", "p04", "p06", "p07", "p08", "p09", "p10"],
+            ),
+            // Text compares by bytes: "10" < "2" < "20" < "9", the number 5 is no text.
+            (cond("sku", "gt", json!("2")), vec!["p02", "p05", "p06"]),
+            (cond("sku", "lt", json!("2")), vec!["p01", "p03", "p07"]),
+            (
+                cond("sku", "gte", json!("2")),
+                vec!["p02", "p04", "p05", "p06"],
+            ),
+            (cond("sku", "lte", json!("10")), vec!["p01", "p07"]),
+            (
+                cond("name", "gt", json!("Z")),
+                vec!["p01", "p03", "p05", "p06", "p08", "p09", "p10"],
+            ),
+            (cond("name", "eq", json!("Apple")), vec![]),
+            // in: per element, never inside an array field.
+            (
+                cond("price", "in", json!([3, 10])),
+                vec!["p01", "p03", "p05"],
+            ),
+            (cond("price", "in", json!([1, 2])), vec!["p04"]),
+            (
+                cond("category", "in", json!(["veg", "spice"])),
+                vec!["p04", "p05", "p06", "p07", "p08", "p10"],
+            ),
+            (cond("sku", "in", json!(["1", "5"])), vec!["p07"]),
+            // Booleans match booleans only ("yes" and [true] are none).
+            (
+                cond("active", "eq", json!(true)),
+                vec!["p01", "p02", "p04", "p06", "p07"],
+            ),
+            (cond("active", "eq", json!(false)), vec!["p03", "p05"]),
+            (
+                cond("active", "ne", json!(true)),
+                vec!["p03", "p05", "p08", "p09", "p10"],
+            ),
+            (
+                cond("active", "in", json!([true, false])),
+                vec!["p01", "p02", "p03", "p04", "p05", "p06", "p07"],
+            ),
+            // contains: literal % and _, ASCII letters folded, other letters not.
+            (cond("note", "contains", json!("%")), vec!["p01", "p03"]),
+            (cond("note", "contains", json!("off")), vec!["p01", "p03"]),
+            (cond("note", "contains", json!("0% O")), vec!["p01"]),
+            (cond("note", "contains", json!("_")), vec!["p02", "p04"]),
+            (cond("note", "contains", json!("5_")), vec!["p04"]),
+            (cond("note", "contains", json!("5%")), vec!["p03"]),
+            (cond("note", "contains", json!("caf")), vec!["p05", "p06"]),
+            (cond("note", "contains", json!("café")), vec!["p05"]),
+            (cond("note", "contains", json!("É")), vec!["p06"]),
+            (cond("note", "contains", json!(".*")), vec![]),
+            (
+                cond("note", "contains", json!("")),
+                vec!["p01", "p02", "p03", "p04", "p05", "p06"],
+            ),
+            (cond("name", "contains", json!("AN")), vec!["p02", "p05"]),
+            // Times compare as instants: the offset is normalised to UTC.
+            (
+                cond("created_at", "lt", json!("2024-01-02T01:00:00+01:00")),
+                vec!["p01"],
+            ),
+            (
+                cond("created_at", "gte", json!("2024-03-02T00:00:00Z")),
+                vec!["p07", "p08"],
+            ),
+            (
+                cond("created_at", "eq", json!("2024-02-01T00:00:00Z")),
+                vec!["p04"],
+            ),
+        ];
+        for (filter, expected) in table {
+            let found = find_ids(store, "products", &spec_query(filter.clone(), json!([]))).await;
+            assert_eq!(found, expected, "filter {filter}");
+        }
+    }
+
+    pub async fn specifications_combine_with_and_or_not(store: &dyn ReadStore) {
+        products(store).await;
+        let table: Vec<(Value, Vec<&str>)> = vec![
+            (
+                json!({"and": [cond("category", "eq", json!("fruit")), cond("price", "lt", json!(5))]}),
+                vec!["p01", "p02"],
+            ),
+            (
+                json!({"or": [cond("category", "eq", json!("spice")), cond("price", "gte", json!(10))]}),
+                vec!["p03", "p05", "p07", "p08", "p10"],
+            ),
+            (
+                json!({"not": cond("category", "eq", json!("fruit"))}),
+                vec!["p04", "p05", "p06", "p07", "p08", "p09", "p10"],
+            ),
+            // not is the exact complement: missing, null and wrong-typed prices included.
+            (
+                json!({"not": cond("price", "lt", json!(5))}),
+                vec!["p03", "p05", "p06", "p08", "p09", "p10"],
+            ),
+            (
+                json!({"not": {"not": cond("price", "lt", json!(5))}}),
+                vec!["p02", "p01", "p04", "p07"],
+            ),
+            (
+                json!({"or": [
+                    {"and": [cond("category", "eq", json!("veg")),
+                             {"not": cond("active", "eq", json!(true))}]},
+                    {"and": [cond("category", "eq", json!("fruit")),
+                             cond("price", "gt", json!(2)),
+                             {"not": cond("note", "contains", json!("50%"))}]},
+                ]}),
+                vec!["p03", "p05"],
+            ),
+            // De Morgan: not(a or b) == not a and not b.
+            (
+                json!({"not": {"or": [cond("category", "eq", json!("fruit")),
+                                       cond("active", "eq", json!(true))]}}),
+                vec!["p05", "p08", "p09", "p10"],
+            ),
+            (
+                json!({"and": [{"not": cond("category", "eq", json!("fruit"))},
+                               {"not": cond("active", "eq", json!(true))}]}),
+                vec!["p05", "p08", "p09", "p10"],
+            ),
+            (
+                json!({"and": [cond("price", "gt", json!(100)), cond("price", "lt", json!(0))]}),
+                vec![],
+            ),
+        ];
+        for (filter, expected) in table {
+            let mut expected: Vec<String> = expected.into_iter().map(str::to_owned).collect();
+            expected.sort();
+            let found = find_ids(store, "products", &spec_query(filter.clone(), json!([]))).await;
+            assert_eq!(found, expected, "filter {filter}");
+        }
+
+        // The equality filter and the specification combine with and.
+        let mut q = spec_query(cond("price", "gt", json!(2)), json!([]));
+        q.filter = vec![("category".to_owned(), json!("fruit"))];
+        assert_eq!(find_ids(store, "products", &q).await, vec!["p01", "p03"]);
+    }
+
+    pub async fn specifications_sort_by_several_keys_and_page(store: &dyn ReadStore) {
+        products(store).await;
+        let page_ids = |q: DocQuery| async move {
+            let page = store.find("products", &q).await.expect("find succeeds");
+            (ids(&page.items), page.total)
+        };
+        let fruit_or_veg = cond("category", "in", json!(["fruit", "veg"]));
+
+        // Numeric descending; the tie at 10 breaks by id, in the last key's direction.
+        let (found, total) = page_ids(spec_query(
+            fruit_or_veg.clone(),
+            json!([{"field": "price", "dir": "desc"}]),
+        ))
+        .await;
+        assert_eq!(found, vec!["p05", "p03", "p06", "p01", "p04", "p02"]);
+        assert_eq!(total, 6);
+
+        // A second key orders the tie first.
+        let (found, _) = page_ids(spec_query(
+            fruit_or_veg.clone(),
+            json!([{"field": "price", "dir": "desc"}, {"field": "category"}]),
+        ))
+        .await;
+        assert_eq!(found, vec!["p03", "p05", "p06", "p01", "p04", "p02"]);
+
+        let (found, _) = page_ids(spec_query(
+            fruit_or_veg,
+            json!([{"field": "category", "dir": "desc"}, {"field": "price", "dir": "asc"}]),
+        ))
+        .await;
+        assert_eq!(found, vec!["p04", "p06", "p05", "p02", "p01", "p03"]);
+
+        // Text sorts by bytes (upper case first); ties within a category break by id.
+        let every = json!({"not": cond("category", "eq", json!("none"))});
+        let (found, total) = page_ids(spec_query(every.clone(), json!([{"field": "name"}]))).await;
+        assert_eq!(
+            found,
+            vec!["p02", "p04", "p07", "p01", "p03", "p05", "p06", "p08", "p09", "p10"]
+        );
+        assert_eq!(total, 10);
+        let (found, _) = page_ids(spec_query(every, json!([{"field": "category"}]))).await;
+        assert_eq!(
+            found,
+            vec!["p01", "p02", "p03", "p09", "p07", "p08", "p10", "p04", "p05", "p06"]
+        );
+
+        // Pages: the total counts every match, pages split the sorted list.
+        let not_other = cond("category", "ne", json!("other"));
+        let mut pages = Vec::new();
+        for offset in [0, 3, 6, 9] {
+            let mut q = spec_query(not_other.clone(), json!([{"field": "name", "dir": "asc"}]));
+            q.limit = 3;
+            q.offset = offset;
+            let (found, total) = page_ids(q).await;
+            assert_eq!(total, 9, "offset {offset}");
+            pages.push(found);
+        }
+        assert_eq!(
+            pages,
+            vec![
+                vec!["p02", "p04", "p07"],
+                vec!["p01", "p03", "p05"],
+                vec!["p06", "p08", "p10"],
+                vec![],
+            ]
         );
     }
 
@@ -1031,6 +1338,9 @@ macro_rules! all_scenarios {
                 failed_apply_writes_nothing,
                 find_filters_sorts_and_pages,
                 equality_respects_json_types,
+                specifications_filter_by_every_op,
+                specifications_combine_with_and_or_not,
+                specifications_sort_by_several_keys_and_page,
                 reset_drops_only_that_projection,
                 guarded_effects_apply_once,
                 projected_events_park_in_order_and_retry,

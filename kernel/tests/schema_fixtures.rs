@@ -22,7 +22,7 @@ use kernel::domain::memento::{
 use kernel::domain::projection::{
     forgotten_aggregate, Projection, AGGREGATE_FORGOTTEN, SYSTEM_AGGREGATE,
 };
-use kernel::domain::{upcast, Context};
+use kernel::domain::{event_sourcing, repository, upcast, Context};
 use kernel::envelope::RecordedEvent;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
@@ -174,6 +174,26 @@ fn samples() -> Vec<Sample> {
         .map(sample::<Caretaker>)
         .collect();
     all.extend(originator_samples().iter().map(sample::<Originator>));
+    all.extend(
+        repository::fixtures::samples()
+            .into_iter()
+            .map(|sample| Sample {
+                aggregate_type: sample.aggregate_type,
+                event_type: sample.event_type,
+                version: sample.version,
+                payload: sample.payload,
+            }),
+    );
+    all.extend(
+        event_sourcing::fixtures::samples()
+            .into_iter()
+            .map(|sample| Sample {
+                aggregate_type: sample.aggregate_type,
+                event_type: sample.event_type,
+                version: sample.version,
+                payload: sample.payload,
+            }),
+    );
     all.push(Sample {
         aggregate_type: SYSTEM_AGGREGATE,
         event_type: AGGREGATE_FORGOTTEN.to_string(),
@@ -351,7 +371,11 @@ fn every_fixture_upcasts_deserializes_applies_and_projects() {
     let mut originator = Originator::default();
     originator.apply(serde_json::from_value(created(ORIGINATOR)).expect("originator_created"));
 
-    let projection = MementoProjection;
+    let projections: Vec<Box<dyn Projection>> = vec![
+        Box::new(MementoProjection),
+        Box::new(event_sourcing::EventSourcingProjection),
+        Box::new(repository::RepositoryProjection),
+    ];
     for (position, fixture) in all.iter().enumerate() {
         let position = position as u64 + 1;
         let name = fixture.path.display();
@@ -370,12 +394,33 @@ fn every_fixture_upcasts_deserializes_applies_and_projects() {
                 assert!(forgotten_aggregate(&event).is_some(), "{name}: unreadable");
                 fixture.payload.clone()
             }
+            t if repository::owns(t) || event_sourcing::owns(t) => {
+                let replay = if repository::owns(t) {
+                    repository::fixtures::replay_payload
+                } else {
+                    event_sourcing::fixtures::replay_payload
+                };
+                let data = upcast(
+                    t,
+                    &fixture.event_type,
+                    fixture.version,
+                    fixture.payload.clone(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: upcast failed: {e}"));
+                replay(t, data.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+                data
+            }
             other => panic!("{name}: unknown aggregate type {other}"),
         };
-        // The read side reads the stored (upcast) payload too.
+        // The read side reads the stored (upcast) payload too, through every projection.
         let event = recorded(fixture, data, position);
-        projection
-            .project(&event)
-            .unwrap_or_else(|e| panic!("{name}: the projection rejects it: {e}"));
+        for projection in &projections {
+            if projection.handles(&event.aggregate_type) || event.aggregate_type == SYSTEM_AGGREGATE
+            {
+                projection
+                    .project(&event)
+                    .unwrap_or_else(|e| panic!("{name}: {} rejects it: {e}", projection.name()));
+            }
+        }
     }
 }

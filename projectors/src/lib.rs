@@ -7,12 +7,18 @@ pub mod worker;
 
 use std::sync::Arc;
 
+use kernel::domain::event_sourcing::EventSourcingProjection;
 use kernel::domain::memento::MementoProjection;
 use kernel::domain::projection::Projection;
+use kernel::domain::repository::RepositoryProjection;
 
 /// Every projection Quintet has, by name.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(MementoProjection)]
+    vec![
+        Arc::new(MementoProjection),
+        Arc::new(RepositoryProjection),
+        Arc::new(EventSourcingProjection),
+    ]
 }
 
 /// The projection with this name.

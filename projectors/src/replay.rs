@@ -9,6 +9,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kernel::config::Settings;
 use kernel::domain::projection::Projection;
+use kernel::projector::Touched;
 use kernel::replay::{Progress, Rebuild, Summary};
 
 /// What to rebuild.
@@ -83,6 +84,7 @@ pub async fn run(
     let mut summaries = Vec::new();
     for projection in projections {
         let name = projection.name();
+        let swapped = Touched::all_of(&*projection);
         let rebuild = Rebuild::begin(
             backends.engine.clone(),
             read.clone(),
@@ -106,6 +108,11 @@ pub async fn run(
         };
         bar.finish_and_clear();
         let summary = outcome.map_err(|err| format!("{name}: {err}"))?;
+        // The read API may cache documents of the copy that was just swapped out.
+        match kernel::wiring::connect_read_cache(settings).await {
+            Ok(cache) => swapped.invalidate(&*cache).await,
+            Err(err) => tracing::warn!(error = %err, "read cache not invalidated"),
+        }
         println!("{summary}");
         summaries.push(summary);
     }

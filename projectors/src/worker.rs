@@ -36,8 +36,8 @@ use kernel::adapters::kafka::{self, EventConsumer, Incoming};
 use kernel::config::{KafkaSettings, Settings};
 use kernel::domain::projection::{Projection, SYSTEM_AGGREGATE};
 use kernel::engine::Engine;
-use kernel::ports::{DocOp, DocQuery, ProjectedEvent, ReadStore};
-use kernel::projector::{decode_for, ProjectionRunner, PAUSE_POLL};
+use kernel::ports::{DocOp, DocQuery, ProjectedEvent, ReadCache, ReadStore};
+use kernel::projector::{decode_for, ProjectionRunner, Touched, PAUSE_POLL};
 use kernel::relay::{RelayCheckpoints, DEFAULT_RELAY};
 use kernel::{KernelError, KernelResult};
 use serde_json::json;
@@ -108,6 +108,14 @@ pub async fn run(
     else {
         return Ok(());
     };
+    // The read cache the read API fills: what this projector changes is dropped from it.
+    let Some(cache) = retry("read cache", &shutdown, || {
+        kernel::wiring::connect_read_cache(&settings)
+    })
+    .await
+    else {
+        return Ok(());
+    };
     // Where the relay stands: what the watermarks must eventually reach (see `Watchdog`).
     let Some(relay) = retry("relay position store", &shutdown, || {
         kernel::relay::connect_checkpoints(&settings)
@@ -134,7 +142,8 @@ pub async fn run(
             read.clone(),
             relay.clone(),
             settings.kafka.clone(),
-        );
+        )
+        .with_cache(cache.clone());
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
     }
     for task in tasks {
@@ -201,6 +210,17 @@ struct Watchdog {
     seen: BTreeMap<(String, i32), (u64, Instant)>,
 }
 
+/// Drops the entries now and once more a moment later: the checkpoint here moves with the
+/// watermarks, not with each apply, so a reader that read a document just before the apply
+/// and caches it just after the first invalidation is caught by the second.
+fn invalidate_twice(cache: Arc<dyn ReadCache>, touched: Touched) {
+    tokio::spawn(async move {
+        touched.invalidate(&*cache).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        touched.invalidate(&*cache).await;
+    });
+}
+
 /// Per consumer: the next offset of each partition this worker expects (what it admitted, or
 /// what the read store says was applied).
 #[derive(Default)]
@@ -225,6 +245,7 @@ pub struct Worker {
     topics: Vec<String>,
     runner: ProjectionRunner,
     counters: Arc<Counters>,
+    cache: Option<Arc<dyn ReadCache>>,
 }
 
 impl Worker {
@@ -255,7 +276,14 @@ impl Worker {
             topics,
             runner,
             counters: Arc::default(),
+            cache: None,
         }
+    }
+
+    /// Invalidates the read-cache entries of the documents each applied batch changes.
+    pub fn with_cache(mut self, cache: Arc<dyn ReadCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     fn name(&self) -> &'static str {
@@ -554,8 +582,12 @@ impl Worker {
         }
         if !projected.is_empty() {
             let count = projected.len() as u64;
+            let touched = Touched::of(&projected);
             // Checkpoint 0 leaves it alone (it never moves back): only watermarks move it.
             let report = self.read.apply_projected(self.name(), projected, 0).await?;
+            if let Some(cache) = &self.cache {
+                invalidate_twice(cache.clone(), touched);
+            }
             tracing::debug!(projection = self.name(), ?report, "batch applied");
             self.counters.events.fetch_add(count, Ordering::Relaxed);
             metrics::counter!("quintet_projector_events_total", "projection" => self.name())

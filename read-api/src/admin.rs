@@ -322,6 +322,7 @@ impl AdminApi {
         auth.0.require(Role::Admin)?;
         let projection = projection(&name.0)?;
         let name = projection.name();
+        let swapped = kernel::projector::Touched::all_of(&*projection);
         let rebuild = Rebuild::begin(
             self.state.engine.clone(),
             self.state.read.clone(),
@@ -331,9 +332,12 @@ impl AdminApi {
         .await?;
         let generation = rebuild.generation();
         tracing::info!(projection = name, generation, subject = %auth.0.sub, "rebuild started");
+        let cache = self.state.cache.clone();
         tokio::spawn(async move {
             // Failures are logged and recorded in the status document by the rebuild.
-            let _ = rebuild.run(|_| {}).await;
+            if rebuild.run(|_| {}).await.is_ok() {
+                swapped.invalidate(&*cache).await;
+            }
         });
         let status_url = format!("{}/projections/{name}", web::server::API_PREFIX);
         Ok(RebuildStarted::Accepted(

@@ -2,8 +2,11 @@
 //! (`min_position`), and a WebSocket stream of events with filters and gapless resume.
 
 pub mod admin;
+pub mod cache;
+pub mod event_sourcing;
 pub mod memento;
 pub mod query;
+pub mod repository;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -13,17 +16,20 @@ use std::time::Duration;
 use kernel::config::Settings;
 use kernel::engine::Engine;
 use kernel::feed::Hub;
-use kernel::ports::ReadStore;
+use kernel::ports::{ReadCache, ReadStore};
 use poem::{Endpoint, EndpointExt, Response, Route};
 use poem_openapi::OpenApiService;
 use tokio::sync::watch;
 use web::ops::Readiness;
-use web::{ApiError, JwtKeys};
+use web::{ApiError, JwtKeys, Role};
 
 /// What every read handler needs.
 #[derive(Clone)]
 pub struct ReadState {
     pub read: Arc<dyn ReadStore>,
+    /// Cache-aside for reads by id (see [`cache`]).
+    pub cache: Arc<dyn ReadCache>,
+    pub cache_ttl: Duration,
     pub engine: Engine,
     pub hub: Hub,
     /// Live checkpoints of the projections running in this process; others are polled.
@@ -32,6 +38,7 @@ pub struct ReadState {
     pub websocket: kernel::config::WebSocketSettings,
     /// How rebuilds started from the admin API tail the event store.
     pub feed: kernel::config::FeedSettings,
+    pub event_sourcing: kernel::domain::event_sourcing::EventSourcingPolicy,
 }
 
 impl ReadState {
@@ -78,13 +85,24 @@ impl ReadState {
     }
 }
 
-/// The memento read routes and the projection admin routes.
-pub type ReadApis = (memento::MementoReadApi, admin::AdminApi);
+/// The read routes of every context and the projection admin routes.
+pub type ReadApis = (
+    memento::MementoReadApi,
+    repository::RepositoryReadApi,
+    event_sourcing::EventSourcingReadApi,
+    admin::AdminApi,
+);
 
 pub fn openapi(state: ReadState) -> OpenApiService<ReadApis, ()> {
     web::server::openapi_service(
         (
             memento::MementoReadApi {
+                state: state.clone(),
+            },
+            repository::RepositoryReadApi {
+                state: state.clone(),
+            },
+            event_sourcing::EventSourcingReadApi {
                 state: state.clone(),
             },
             admin::AdminApi { state },
@@ -101,7 +119,33 @@ pub fn app(
 ) -> impl Endpoint<Output = Response> {
     let keys = JwtKeys::new(&settings.security);
     let ws = Route::new().at("/ws", ws::stream.data(state.clone()).data(keys.clone()));
-    web::server::app(openapi(state), &settings.security, keys, readiness, ws)
+    web::server::app(
+        openapi(state),
+        &settings.security,
+        keys,
+        readiness,
+        route_policy,
+        ws,
+    )
+}
+
+/// Reading needs a reader of the route's context; the projection admin actions need an
+/// admin, and warming the cache a writer.
+fn route_policy(method: &poem::http::Method, path: &str) -> (Role, Option<&'static str>) {
+    if path.starts_with("/projections") {
+        let role = if method == poem::http::Method::GET {
+            Role::Reader
+        } else {
+            Role::Admin
+        };
+        return (role, None);
+    }
+    let role = if path == "/repositories/cache/warm" {
+        Role::Writer
+    } else {
+        Role::Reader
+    };
+    (role, web::auth::context_of_route(path))
 }
 
 /// Starts the in-process projections and the event stream hub, and returns the state the
@@ -112,6 +156,7 @@ pub async fn start(
     read: Arc<dyn ReadStore>,
     shutdown: web::server::Shutdown,
 ) -> kernel::KernelResult<ReadState> {
+    let cache = kernel::wiring::connect_read_cache(settings).await?;
     let mut checkpoints = HashMap::new();
     // With Kafka, projector processes build the read models; this process only reads them.
     let in_process = settings.feed.backend == kernel::config::FeedBackend::Embedded;
@@ -121,7 +166,8 @@ pub async fn start(
             engine.clone(),
             read.clone(),
             settings.feed.clone(),
-        );
+        )
+        .with_cache(cache.clone());
         checkpoints.insert(runner.name(), runner.watch());
         tokio::spawn(runner.run(shutdown.clone().wait()));
     }
@@ -137,12 +183,15 @@ pub async fn start(
     ));
     Ok(ReadState {
         read,
+        cache,
+        cache_ttl: settings.cache.ttl,
         engine,
         hub,
         checkpoints,
         min_position_wait: settings.read.min_position_wait,
         websocket: settings.websocket.clone(),
         feed: settings.feed.clone(),
+        event_sourcing: settings.event_sourcing.clone(),
     })
 }
 

@@ -62,7 +62,7 @@ impl MementoReadApi {
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
         let mut q = query(limit.0, offset.0);
-        q.sort = Some(("name".into(), true));
+        q.sort = vec![("name".into(), true)];
         let page = self.state.read.find(CARETAKERS, &q).await?;
         Ok(Json(Page::new(page, q.limit, q.offset)))
     }
@@ -113,7 +113,7 @@ impl MementoReadApi {
             }
             q.filter.push(("type".into(), json!(kind)));
         }
-        q.sort = Some(("created_at".into(), true));
+        q.sort = vec![("created_at".into(), true)];
         let page = self.state.read.find(MEMENTOS, &q).await?;
         Ok(Json(Page::new(page, q.limit, q.offset)))
     }
@@ -211,7 +211,7 @@ impl MementoReadApi {
         )?;
         let mut q = query(limit.0, offset.0);
         q.filter.push(("originator_id".into(), json!(id.0)));
-        q.sort = Some(("version".into(), true));
+        q.sort = vec![("version".into(), true)];
         let page = self.state.read.find(HISTORY, &q).await?;
         Ok(Json(Page::new(page, q.limit, q.offset)))
     }

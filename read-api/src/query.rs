@@ -39,7 +39,8 @@ impl Page {
 pub fn query(limit: Option<u32>, offset: Option<u64>) -> DocQuery {
     DocQuery {
         filter: vec![],
-        sort: None,
+        condition: None,
+        sort: vec![],
         limit: limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
         offset: offset.unwrap_or(0),
     }

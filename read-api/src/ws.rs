@@ -204,15 +204,22 @@ struct Session {
 }
 
 impl Session {
+    /// Sends a frame; a client that does not take it in time is dropped.
     async fn send(&mut self, text: String) -> Result<(), String> {
-        self.sink
-            .send(Message::Text(text))
-            .await
-            .map_err(|err| err.to_string())
+        let limit = self.state.websocket.send_timeout;
+        match tokio::time::timeout(limit, self.sink.send(Message::Text(text))).await {
+            Ok(sent) => sent.map_err(|err| err.to_string()),
+            Err(_) => {
+                metrics::counter!("quintet_ws_stalled_total").increment(1);
+                Err("client stalled: send timed out".into())
+            }
+        }
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), String> {
-        let _ = self.sink.send(Message::close_with(code, reason)).await;
+        let limit = self.state.websocket.send_timeout;
+        let _ =
+            tokio::time::timeout(limit, self.sink.send(Message::close_with(code, reason))).await;
         Err(reason.to_string())
     }
 
@@ -258,6 +265,7 @@ impl Session {
                             sent_up_to = sent_up_to.max(event.position);
                         }
                         Err(RecvError::Lagged(_)) => {
+                            metrics::counter!("quintet_ws_slow_consumers_total").increment(1);
                             return self.close(CLOSE_SLOW_CONSUMER, "slow consumer: buffer full").await;
                         }
                         Err(RecvError::Closed) => return self.close(1001, "server shutting down").await,

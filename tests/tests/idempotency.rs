@@ -227,3 +227,24 @@ async fn concurrent_same_key_on_a_contended_aggregate(app: TestApp) {
     );
 }
 both_backends!(concurrent_same_key_on_a_contended_aggregate);
+
+/// A create without an id generates one; sent again with its key, it answers with the id
+/// (and version) that was committed the first time, not a freshly generated one.
+async fn replayed_create_without_id_names_the_committed_aggregate(app: TestApp) {
+    let body = json!({ "type": "document", "name": "no id given" });
+    let first = send(
+        &app,
+        "gen-id",
+        Method::POST,
+        "/originators",
+        Some(body.clone()),
+    )
+    .await
+    .expect_status(StatusCode::CREATED);
+    let second = send(&app, "gen-id", Method::POST, "/originators", Some(body))
+        .await
+        .expect_status(StatusCode::CREATED);
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.body["version"], 1);
+}
+both_backends!(replayed_create_without_id_names_the_committed_aggregate);

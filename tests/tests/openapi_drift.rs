@@ -14,10 +14,7 @@ async fn current_specs() -> Vec<(&'static str, String)> {
     let (backends, read_state) = read_api::connect_and_start(&settings, shutdown)
         .await
         .expect("backends");
-    let write_state = write_api::WriteState {
-        engine: backends.engine.clone(),
-        memento: settings.memento.policy(),
-    };
+    let write_state = write_api::WriteState::new(backends.engine.clone(), &settings);
     let specs = vec![
         (
             "write-api.json",

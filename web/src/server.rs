@@ -29,6 +29,7 @@ pub fn app<T: OpenApi + 'static>(
     security: &SecuritySettings,
     keys: JwtKeys,
     readiness: Readiness,
+    policy: crate::auth::RoutePolicy,
     base: Route,
 ) -> impl Endpoint<Output = Response> {
     // Installed now, so what is recorded before the first scrape is not lost.
@@ -37,7 +38,7 @@ pub fn app<T: OpenApi + 'static>(
     let allowed = AllowedMethods::from_spec(&spec);
     let docs = service.swagger_ui();
     let route = base
-        .nest(API_PREFIX, service)
+        .nest(API_PREFIX, service.with(crate::auth::Gate { policy }))
         .at(
             "/openapi.json",
             poem::get(poem::endpoint::make_sync(move |_| {
@@ -60,7 +61,9 @@ pub fn app<T: OpenApi + 'static>(
         security.rate_limit_window,
         keys.clone(),
     );
+    let timeout = security.request_timeout;
     route
+        .around(move |next, req| timed(next, req, timeout))
         .with(rate_limit)
         .with(BodyLimit {
             max_bytes: security.max_body_bytes,
@@ -74,6 +77,26 @@ pub fn app<T: OpenApi + 'static>(
             let allowed = allowed.clone();
             async move { allowed.annotate(next, req).await }
         })
+}
+
+/// Answers 503 problem+json (with `Retry-After`) when the request is not done in time.
+async fn timed<E: Endpoint>(
+    next: std::sync::Arc<E>,
+    req: Request,
+    limit: std::time::Duration,
+) -> poem::Result<Response> {
+    // `call`, not `get_response`: errors stay errors, for the problem+json mapping outside.
+    match tokio::time::timeout(limit, next.call(req)).await {
+        Ok(outcome) => outcome.map(poem::IntoResponse::into_response),
+        Err(_) => {
+            tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
+            Err(crate::problem::ApiError::Unavailable {
+                detail: format!("the request took longer than {} ms", limit.as_millis()),
+                retry_after_secs: 1,
+            }
+            .into())
+        }
+    }
 }
 
 /// The spec as served and as written to `openapi/`: poem-openapi's, plus

@@ -2,29 +2,60 @@
 //! the kernel's engine, and answer only after the event store has committed, with the
 //! committed global `position` (body and `X-Quintet-Position`).
 
+pub mod event_sourcing;
+pub mod ingress;
 pub mod jobs;
 pub mod memento;
+pub mod repository;
 pub mod write;
 
 use kernel::config::Settings;
+use kernel::domain::event_sourcing::EventSourcingPolicy;
 use kernel::domain::memento::MementoPolicy;
 use kernel::engine::Engine;
 use poem::{Endpoint, Response, Route};
 use poem_openapi::OpenApiService;
 use web::ops::Readiness;
-use web::JwtKeys;
+use web::{JwtKeys, Role};
 
 /// What every write handler needs.
 #[derive(Clone)]
 pub struct WriteState {
     pub engine: Engine,
     pub memento: MementoPolicy,
+    pub event_sourcing: EventSourcingPolicy,
 }
 
-pub type WriteApis = memento::MementoWriteApi;
+impl WriteState {
+    /// The state of the write routes, with the policies the configuration sets.
+    pub fn new(engine: Engine, settings: &Settings) -> Self {
+        Self {
+            engine,
+            memento: settings.memento.policy(),
+            event_sourcing: settings.event_sourcing.clone(),
+        }
+    }
+}
+
+pub type WriteApis = (
+    memento::MementoWriteApi,
+    repository::RepositoryWriteApi,
+    event_sourcing::EventSourcingWriteApi,
+);
 
 pub fn openapi(state: WriteState) -> OpenApiService<WriteApis, ()> {
-    web::server::openapi_service(memento::MementoWriteApi { state }, "Quintet write API")
+    web::server::openapi_service(
+        (
+            memento::MementoWriteApi {
+                state: state.clone(),
+            },
+            repository::RepositoryWriteApi {
+                state: state.clone(),
+            },
+            event_sourcing::EventSourcingWriteApi { state },
+        ),
+        "Quintet write API",
+    )
 }
 
 /// The whole write-api app: API, docs, operational routes, middleware.
@@ -38,6 +69,7 @@ pub fn app(
         &settings.security,
         JwtKeys::new(&settings.security),
         readiness,
+        |_, path| (Role::Writer, web::auth::context_of_route(path)),
         Route::new(),
     )
 }
@@ -64,10 +96,7 @@ pub async fn serve(
     listener: std::net::TcpListener,
     shutdown: web::server::Shutdown,
 ) -> std::io::Result<()> {
-    let state = WriteState {
-        engine: backends.engine.clone(),
-        memento: settings.memento.policy(),
-    };
+    let state = WriteState::new(backends.engine.clone(), settings);
     tokio::spawn(jobs::run_cleanup(
         state.clone(),
         settings.memento.cleanup_interval,
@@ -78,6 +107,15 @@ pub async fn serve(
         tokio::spawn(kernel::relay::run_from_settings(
             settings.clone(),
             backends.engine.clone(),
+            shutdown.clone().wait(),
+        ));
+    }
+    if settings.feed.backend == kernel::config::FeedBackend::Kafka {
+        // Commands also arrive on Kafka, through the same route stack as HTTP.
+        let commands = app(state.clone(), settings, readiness(backends));
+        tokio::spawn(ingress::run(
+            settings.kafka.clone(),
+            commands,
             shutdown.clone().wait(),
         ));
     }

@@ -17,10 +17,11 @@ use kernel::domain::memento::{
 use kernel::domain::{DomainError, EventSourced};
 use kernel::engine::{Engine, UnitOfWork};
 use kernel::KernelError;
-use web::server::RequestId;
-use web::{ApiError, ApiResult, BearerAuth, Role, StrictJson, Text};
+use web::{ApiResult, BearerAuth, Role, StrictJson, Text};
 
-use crate::write::{context, Written};
+use crate::write::{
+    call, context, execute, expected_version, metadata_map, new_id, request_id, Call, Written,
+};
 use crate::WriteState;
 
 /// The context name used for token scopes.
@@ -139,57 +140,6 @@ pub struct MementoWriteApi {
     pub state: WriteState,
 }
 
-fn request_id(req: &Request) -> Option<uuid::Uuid> {
-    req.extensions().get::<RequestId>().map(|id| id.0)
-}
-
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-fn metadata_map(metadata: Option<BTreeMap<String, Value>>) -> serde_json::Map<String, Value> {
-    metadata.unwrap_or_default().into_iter().collect()
-}
-
-/// `If-Match: "3"`, `If-Match: 3` or `W/"3"` → 3; merged with a body `expected_version`.
-fn expected_version(if_match: Option<String>, body: Option<u64>) -> ApiResult<Option<u64>> {
-    let header = match if_match {
-        None => None,
-        Some(raw) => {
-            let trimmed = raw.trim().trim_start_matches("W/").trim_matches('"');
-            Some(trimmed.parse::<u64>().map_err(|_| {
-                ApiError::invalid("If-Match", "must be a version number, such as \"3\"")
-            })?)
-        }
-    };
-    match (header, body) {
-        (Some(a), Some(b)) if a != b => Err(ApiError::invalid(
-            "expected_version",
-            "differs from the If-Match header",
-        )),
-        (header, body) => Ok(header.or(body)),
-    }
-}
-
-/// What every write call carries besides its own input.
-struct Call<'a> {
-    claims: &'a web::Claims,
-    request_id: Option<uuid::Uuid>,
-    idempotency_key: Option<String>,
-}
-
-fn call<'a>(
-    auth: &'a BearerAuth,
-    req: &Request,
-    idempotency_key: Header<Option<String>>,
-) -> Call<'a> {
-    Call {
-        claims: &auth.0,
-        request_id: request_id(req),
-        idempotency_key: idempotency_key.0,
-    }
-}
-
 impl MementoWriteApi {
     fn engine(&self) -> &Engine {
         &self.state.engine
@@ -210,24 +160,18 @@ impl MementoWriteApi {
         A: EventSourced<Services = kernel::domain::memento::MementoPolicy>,
         KernelError: From<A::Error>,
     {
-        call.claims.allow(Role::Writer, MEMENTO)?;
-        let ctx = context(
-            call.claims,
-            call.request_id,
-            call.idempotency_key,
+        execute::<A>(
+            self.engine(),
+            &self.state.memento,
+            call,
+            MEMENTO,
             route,
             body,
-        )?;
-        let committed = self
-            .engine()
-            .execute::<A, _>(aggregate_id, command, &self.state.memento, &ctx)
-            .await?;
-        Ok(Written::from_committed(
-            &committed,
-            A::TYPE,
             aggregate_id,
             created,
-        ))
+            command,
+        )
+        .await
     }
 }
 

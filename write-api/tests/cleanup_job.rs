@@ -14,10 +14,7 @@ async fn cleanup_all_removes_only_expired_mementos() {
     let backends = kernel::wiring::connect_write_side(&settings)
         .await
         .expect("backends");
-    let state = WriteState {
-        engine: backends.engine.clone(),
-        memento: settings.memento.policy(),
-    };
+    let state = WriteState::new(backends.engine.clone(), &settings);
     let ctx = CommandContext::default();
     let long_ago = Utc::now() - Duration::days(3);
     for name in ["old", "fresh"] {

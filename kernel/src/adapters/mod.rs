@@ -1,5 +1,6 @@
 //! Adapters behind the ports.
 pub mod kafka;
+pub mod kafka_commands;
 pub mod memory;
 pub mod mongo;
 pub mod read_sqlite;

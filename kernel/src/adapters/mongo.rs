@@ -56,6 +56,7 @@ use crate::ports::{
     split_generation_key, AggregateVersions, ApplyReport, DocOp, DocPage, DocQuery, EventEffect,
     ParkedEvent, ParkedPage, ProjectedEvent, ReadStore, RetryReport, STATUS_COLLECTION,
 };
+use crate::spec::{Filter, Op};
 
 const VERSIONS: &str = "_versions";
 const CHECKPOINTS: &str = "_checkpoints";
@@ -197,6 +198,100 @@ fn equals(field: &str, value: &Value) -> KernelResult<Document> {
         Value::Array(_) | Value::Object(_) => doc! { path: { "$eq": to_bson(value) } },
         scalar => doc! { path: { "$eq": to_bson(scalar), "$not": { "$type": "array" } } },
     })
+}
+
+/// A specification as a filter over the body, with the semantics of [`crate::spec`] (the same
+/// as the SQLite store's): comparisons hold only on a present scalar of the value's type (the
+/// server's type bracketing does that for scalars, `$not: {$type: "array"}` keeps array fields
+/// from matching element-wise), and `ne` and `not` are exact complements (`$nor`), so they
+/// match missing fields.
+fn spec_filter(filter: &Filter) -> KernelResult<Document> {
+    Ok(match filter {
+        Filter::And(nodes) | Filter::Or(nodes) => {
+            if nodes.is_empty() {
+                return Err(storage("specification: empty and/or"));
+            }
+            let operator = if matches!(filter, Filter::And(_)) {
+                "$and"
+            } else {
+                "$or"
+            };
+            let nodes = nodes
+                .iter()
+                .map(|node| spec_filter(node).map(Bson::Document))
+                .collect::<KernelResult<Vec<Bson>>>()?;
+            doc! { operator: nodes }
+        }
+        Filter::Not(node) => doc! { "$nor": [spec_filter(node)?] },
+        Filter::Condition { field, op, value } => spec_condition(field, *op, value)?,
+    })
+}
+
+fn spec_condition(field: &str, op: Op, value: &Value) -> KernelResult<Document> {
+    let path = body_path(field)?;
+    let mut test = match op {
+        Op::Ne => return Ok(doc! { "$nor": [spec_condition(field, Op::Eq, value)?] }),
+        Op::Eq => doc! { "$eq": spec_scalar(value)? },
+        Op::Gt => doc! { "$gt": spec_scalar(value)? },
+        Op::Gte => doc! { "$gte": spec_scalar(value)? },
+        Op::Lt => doc! { "$lt": spec_scalar(value)? },
+        Op::Lte => doc! { "$lte": spec_scalar(value)? },
+        Op::In => {
+            let Value::Array(items) = value else {
+                return Err(storage("specification: in needs an array"));
+            };
+            if items.is_empty() {
+                return Err(storage("specification: empty in list"));
+            }
+            let items = items
+                .iter()
+                .map(spec_scalar)
+                .collect::<KernelResult<Vec<Bson>>>()?;
+            doc! { "$in": items }
+        }
+        Op::Contains => {
+            let Value::String(needle) = value else {
+                return Err(storage("specification: contains needs a string"));
+            };
+            doc! { "$regex": ascii_case_insensitive_pattern(needle) }
+        }
+    };
+    test.insert("$not", doc! { "$type": "array" });
+    Ok(doc! { path: test })
+}
+
+/// A specification value: a string, number or boolean.
+fn spec_scalar(value: &Value) -> KernelResult<Bson> {
+    match value {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(to_bson(value)),
+        Value::Null | Value::Array(_) | Value::Object(_) => Err(storage(
+            "specification: values are strings, numbers or booleans",
+        )),
+    }
+}
+
+/// A regex matching `needle` as a literal substring, ignoring the case of ASCII letters only
+/// (a class per letter rather than the `i` option, which would also fold non-ASCII letters
+/// where SQLite's `lower()` does not). Punctuation is escaped, control characters written as
+/// `\x{..}` (a pattern cannot hold a NUL), other characters are literal.
+fn ascii_case_insensitive_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() * 2);
+    for c in needle.chars() {
+        if c.is_ascii_alphabetic() {
+            pattern.push('[');
+            pattern.push(c.to_ascii_lowercase());
+            pattern.push(c.to_ascii_uppercase());
+            pattern.push(']');
+        } else if c.is_ascii_punctuation() {
+            pattern.push('\\');
+            pattern.push(c);
+        } else if c.is_ascii_control() {
+            pattern.push_str(&format!("\\x{{{:x}}}", u32::from(c)));
+        } else {
+            pattern.push(c);
+        }
+    }
+    pattern
 }
 
 /// The `_ev` field holding an aggregate's mark in a document.
@@ -1212,16 +1307,22 @@ impl ReadStore for MongoReadStore {
         for (field, value) in &query.filter {
             clauses.push(Bson::Document(equals(field, value)?));
         }
+        if let Some(spec) = &query.condition {
+            clauses.push(Bson::Document(spec_filter(spec)?));
+        }
         if !clauses.is_empty() {
             filter.insert("$and", clauses);
         }
-        let sort = match &query.sort {
-            Some((field, ascending)) => {
-                let direction = if *ascending { 1 } else { -1 };
-                doc! { body_path(field)?: direction, "_id": direction }
-            }
-            None => doc! { "_id": 1 },
+        let mut sort = Document::new();
+        for (field, ascending) in &query.sort {
+            sort.insert(body_path(field)?, if *ascending { 1 } else { -1 });
+        }
+        // Ties break by id, in the direction of the last key, so pages are stable.
+        let tie = match query.sort.last() {
+            Some((_, false)) => -1,
+            _ => 1,
         };
+        sort.insert("_id", tie);
         let physical = self.physical_for_read(collection).await?;
         let coll = self.db.collection::<Document>(&physical);
         let total = coll
@@ -1676,6 +1777,102 @@ mod tests {
             Mark::new("originator/y", 3, 1).expect("mark").field
         );
         assert!(Mark::new("k", 1, MAX_OPS_PER_EVENT).is_err());
+    }
+
+    fn not_array() -> Document {
+        doc! { "$type": "array" }
+    }
+
+    #[test]
+    fn spec_conditions_are_typed_and_skip_arrays() {
+        let cases = [
+            (Op::Eq, json!("x"), doc! { "$eq": "x", "$not": not_array() }),
+            (
+                Op::Gt,
+                json!(10),
+                doc! { "$gt": 10_i64, "$not": not_array() },
+            ),
+            (
+                Op::Gte,
+                json!(1.5),
+                doc! { "$gte": 1.5, "$not": not_array() },
+            ),
+            (Op::Lt, json!("b"), doc! { "$lt": "b", "$not": not_array() }),
+            (
+                Op::Lte,
+                json!(true),
+                doc! { "$lte": true, "$not": not_array() },
+            ),
+            (
+                Op::In,
+                json!([1, "a", false]),
+                doc! { "$in": [1_i64, "a", false], "$not": not_array() },
+            ),
+            (
+                Op::Contains,
+                json!("aZ"),
+                doc! { "$regex": "[aA][zZ]", "$not": not_array() },
+            ),
+        ];
+        for (op, value, expected) in cases {
+            let filter = spec_filter(&Filter::condition("price", op, value)).expect("translates");
+            assert_eq!(filter, doc! { "d.price": expected }, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn spec_ne_and_not_are_exact_complements() {
+        let eq = doc! { "d.name": { "$eq": "x", "$not": not_array() } };
+        assert_eq!(
+            spec_filter(&Filter::condition("name", Op::Ne, json!("x"))).expect("translates"),
+            doc! { "$nor": [eq.clone()] }
+        );
+        let tree = Filter::And(vec![
+            Filter::Or(vec![
+                Filter::condition("name", Op::Eq, json!("x")),
+                Filter::Not(Box::new(Filter::condition("name", Op::Eq, json!("x")))),
+            ]),
+            Filter::condition("name", Op::Eq, json!("x")),
+        ]);
+        assert_eq!(
+            spec_filter(&tree).expect("translates"),
+            doc! { "$and": [ { "$or": [eq.clone(), { "$nor": [eq.clone()] }] }, eq ] }
+        );
+    }
+
+    #[test]
+    fn spec_translation_rejects_what_parsing_never_produces() {
+        for bad in [
+            Filter::And(vec![]),
+            Filter::Or(vec![]),
+            Filter::condition("name", Op::Eq, Value::Null),
+            Filter::condition("name", Op::Eq, json!({"a": 1})),
+            Filter::condition("name", Op::In, json!("x")),
+            Filter::condition("name", Op::In, json!([])),
+            Filter::condition("name", Op::In, json!([[1]])),
+            Filter::condition("name", Op::Contains, json!(1)),
+            Filter::condition("$where", Op::Eq, json!(1)),
+        ] {
+            assert!(spec_filter(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn contains_patterns_are_literal_and_fold_ascii_only() {
+        assert_eq!(
+            ascii_case_insensitive_pattern("50%_off"),
+            "50\\%\\_[oO][fF][fF]"
+        );
+        assert_eq!(
+            ascii_case_insensitive_pattern(".*(a|b)$^[]{}\\+?"),
+            "\\.\\*\\([aA]\\|[bB]\\)\\$\\^\\[\\]\\{\\}\\\\\\+\\?"
+        );
+        assert_eq!(ascii_case_insensitive_pattern("Café É"), "[cC][aA][fF]é É");
+        assert_eq!(
+            ascii_case_insensitive_pattern("a\0\tb"),
+            "[aA]\\x{0}\\x{9}[bB]"
+        );
+        assert_eq!(ascii_case_insensitive_pattern(""), "");
     }
 
     #[test]

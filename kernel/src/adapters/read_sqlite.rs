@@ -34,6 +34,7 @@ use crate::ports::{
     split_generation_key, AggregateVersions, ApplyReport, DocOp, DocPage, DocQuery, EventEffect,
     ParkedEvent, ParkedPage, ProjectedEvent, ReadStore, RetryReport, STATUS_COLLECTION,
 };
+use crate::spec::{Filter, Op};
 
 /// How long a statement waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -443,6 +444,146 @@ fn equals(field: &str, value: &Value) -> KernelResult<(&'static str, Vec<Bind>)>
                 Bind::Text(serde_json::to_string(value)?),
             ],
         ),
+    })
+}
+
+/// Appends a specification (see [`crate::spec`] for its semantics) as one SQL expression that
+/// is always 0 or 1, never NULL, so `NOT` is an exact complement; its values go to `binds`.
+fn spec_sql(filter: &Filter, sql: &mut String, binds: &mut Vec<Bind>) -> KernelResult<()> {
+    match filter {
+        Filter::And(nodes) | Filter::Or(nodes) => {
+            if nodes.is_empty() {
+                return Err(KernelError::storage("specification: empty and/or"));
+            }
+            let joiner = if matches!(filter, Filter::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            sql.push('(');
+            for (index, node) in nodes.iter().enumerate() {
+                if index > 0 {
+                    sql.push_str(joiner);
+                }
+                spec_sql(node, sql, binds)?;
+            }
+            sql.push(')');
+        }
+        Filter::Not(node) => {
+            sql.push_str("(NOT ");
+            spec_sql(node, sql, binds)?;
+            sql.push(')');
+        }
+        Filter::Condition { field, op, value } => {
+            spec_condition_sql(field, *op, value, sql, binds)?
+        }
+    }
+    Ok(())
+}
+
+fn spec_condition_sql(
+    field: &str,
+    op: Op,
+    value: &Value,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+) -> KernelResult<()> {
+    let path = Bind::Text(json_path(field)?);
+    let comparison = match op {
+        Op::Ne => {
+            sql.push_str("(NOT ");
+            spec_condition_sql(field, Op::Eq, value, sql, binds)?;
+            sql.push(')');
+            return Ok(());
+        }
+        Op::In => return spec_in_sql(path, value, sql, binds),
+        Op::Contains => {
+            let Value::String(needle) = value else {
+                return Err(KernelError::storage(
+                    "specification: contains needs a string",
+                ));
+            };
+            // lower() folds ASCII letters only, which is the documented semantics.
+            sql.push_str(
+                "(COALESCE(json_type(body, ?), '') = 'text' \
+                 AND instr(lower(json_extract(body, ?)), lower(?)) > 0)",
+            );
+            binds.extend([path.clone(), path, Bind::Text(needle.clone())]);
+            return Ok(());
+        }
+        Op::Eq => "=",
+        Op::Gt => ">",
+        Op::Gte => ">=",
+        Op::Lt => "<",
+        Op::Lte => "<=",
+    };
+    let (type_test, bind) = spec_scalar(value)?;
+    sql.push_str(&format!(
+        "({type_test} AND json_extract(body, ?) {comparison} ?)"
+    ));
+    binds.extend([path.clone(), path, bind]);
+    Ok(())
+}
+
+/// `in`: per JSON type among the values, "the field has that type and is one of them".
+fn spec_in_sql(
+    path: Bind,
+    value: &Value,
+    sql: &mut String,
+    binds: &mut Vec<Bind>,
+) -> KernelResult<()> {
+    let Value::Array(items) = value else {
+        return Err(KernelError::storage("specification: in needs an array"));
+    };
+    // Grouped by type test, in order of first appearance.
+    let mut groups: Vec<(&'static str, Vec<Bind>)> = Vec::new();
+    for item in items {
+        let (type_test, bind) = spec_scalar(item)?;
+        match groups.iter_mut().find(|(test, _)| *test == type_test) {
+            Some((_, group)) => group.push(bind),
+            None => groups.push((type_test, vec![bind])),
+        }
+    }
+    if groups.is_empty() {
+        return Err(KernelError::storage("specification: empty in list"));
+    }
+    sql.push('(');
+    for (index, (type_test, group)) in groups.into_iter().enumerate() {
+        if index > 0 {
+            sql.push_str(" OR ");
+        }
+        let placeholders = vec!["?"; group.len()].join(", ");
+        sql.push_str(&format!(
+            "({type_test} AND json_extract(body, ?) IN ({placeholders}))"
+        ));
+        binds.extend([path.clone(), path.clone()]);
+        binds.extend(group);
+    }
+    sql.push(')');
+    Ok(())
+}
+
+/// A specification value: the test "the field holds a JSON value of its type" (one `?` for the
+/// path; never NULL) and the bind `json_extract` compares equal to (booleans extract as 1/0).
+fn spec_scalar(value: &Value) -> KernelResult<(&'static str, Bind)> {
+    Ok(match value {
+        Value::String(s) => (
+            "COALESCE(json_type(body, ?), '') = 'text'",
+            Bind::Text(s.clone()),
+        ),
+        Value::Number(n) => (
+            "COALESCE(json_type(body, ?), '') IN ('integer', 'real')",
+            number_bind(n),
+        ),
+        Value::Bool(b) => (
+            "COALESCE(json_type(body, ?), '') IN ('true', 'false')",
+            Bind::Int(i64::from(*b)),
+        ),
+        Value::Null | Value::Array(_) | Value::Object(_) => {
+            return Err(KernelError::storage(
+                "specification: values are strings, numbers or booleans",
+            ))
+        }
     })
 }
 
@@ -1225,18 +1366,25 @@ impl ReadStore for SqliteReadStore {
             binds.extend(more);
         }
 
+        if let Some(spec) = &query.condition {
+            condition.push_str(" AND ");
+            spec_sql(spec, &mut condition, &mut binds)?;
+        }
         let mut select_binds = binds.clone();
-        let order = match &query.sort {
-            Some((field, ascending)) => {
-                select_binds.push(Bind::Text(json_path(field)?));
-                if *ascending {
-                    "json_extract(body, ?) ASC, id ASC"
-                } else {
-                    "json_extract(body, ?) DESC, id DESC"
-                }
-            }
-            None => "id ASC",
-        };
+        let mut order = String::new();
+        for (field, ascending) in &query.sort {
+            select_binds.push(Bind::Text(json_path(field)?));
+            order.push_str(if *ascending {
+                "json_extract(body, ?) ASC, "
+            } else {
+                "json_extract(body, ?) DESC, "
+            });
+        }
+        // Ties break by id, in the direction of the last key, so pages are stable.
+        order.push_str(match query.sort.last() {
+            Some((_, false)) => "id DESC",
+            _ => "id ASC",
+        });
         let limit = if query.limit == 0 {
             -1
         } else {
@@ -1479,6 +1627,50 @@ impl ReadStore for SqliteReadStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn spec(filter: &Filter) -> KernelResult<(String, usize)> {
+        let mut sql = String::new();
+        let mut binds = Vec::new();
+        spec_sql(filter, &mut sql, &mut binds)?;
+        Ok((sql, binds.len()))
+    }
+
+    #[test]
+    fn specs_become_bound_sql() {
+        let tree = Filter::And(vec![
+            Filter::condition("name", Op::Ne, json!("x'; DROP TABLE documents; --")),
+            Filter::Not(Box::new(Filter::condition("price", Op::Gt, json!(2)))),
+            Filter::condition("price", Op::In, json!([1, "1", true, 2])),
+        ]);
+        let (sql, binds) = spec(&tree).expect("translates");
+        assert!(
+            !sql.contains("DROP"),
+            "values are bound, never interpolated"
+        );
+        assert_eq!(sql.matches('?').count(), binds);
+        assert!(sql.starts_with("((NOT (COALESCE(json_type(body, ?), '') = 'text'"));
+        // One IN list per JSON type among the values.
+        assert_eq!(sql.matches(" IN (?, ?)").count(), 1, "{sql}");
+        assert_eq!(sql.matches(" IN (?)").count(), 2, "{sql}");
+    }
+
+    #[test]
+    fn spec_translation_rejects_what_parsing_never_produces() {
+        for bad in [
+            Filter::And(vec![]),
+            Filter::Or(vec![]),
+            Filter::condition("name", Op::Eq, Value::Null),
+            Filter::condition("name", Op::Lt, json!([1])),
+            Filter::condition("name", Op::In, json!("x")),
+            Filter::condition("name", Op::In, json!([])),
+            Filter::condition("name", Op::In, json!([{"a": 1}])),
+            Filter::condition("name", Op::Contains, json!(1)),
+            Filter::condition("a'b", Op::Eq, json!(1)),
+        ] {
+            assert!(spec(&bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn field_names_become_quoted_paths() {

@@ -1,8 +1,10 @@
 //! The domain: aggregates, commands, events and projections of the five contexts.
 //! Pure code: no I/O, no adapters, only `cqrs_es` traits and serde.
 
+pub mod event_sourcing;
 pub mod memento;
 pub mod projection;
+pub mod repository;
 
 use thiserror::Error;
 
@@ -66,6 +68,8 @@ impl Context {
     pub fn of_aggregate(aggregate_type: &str) -> Context {
         match aggregate_type {
             memento::CARETAKER | memento::ORIGINATOR => Context::Memento,
+            t if repository::owns(t) => Context::Repository,
+            t if event_sourcing::owns(t) => Context::EventSourcing,
             _ => Context::System,
         }
     }
@@ -97,6 +101,10 @@ pub fn upcast(
     match aggregate_type {
         memento::CARETAKER => memento::Caretaker::upcast(event_type, event_version, payload),
         memento::ORIGINATOR => memento::Originator::upcast(event_type, event_version, payload),
+        t if repository::owns(t) => repository::upcast(t, event_type, event_version, payload),
+        t if event_sourcing::owns(t) => {
+            event_sourcing::upcast(t, event_type, event_version, payload)
+        }
         _ => Ok(payload),
     }
 }

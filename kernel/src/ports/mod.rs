@@ -43,11 +43,53 @@ pub trait EventStore: Send + Sync + 'static {
     /// The highest committed position (0 when empty).
     async fn head_position(&self) -> KernelResult<u64>;
 
+    /// A page of the event log matching `filter`, in position order, with the total count.
+    async fn query_events(
+        &self,
+        filter: &EventFilter,
+        offset: u64,
+        limit: u32,
+    ) -> KernelResult<EventPage>;
+
+    /// Counts over the events of the given aggregate types (all types when empty).
+    async fn event_stats(&self, aggregate_types: &[String]) -> KernelResult<EventStats>;
+
     /// The result first stored under an idempotency key, if any.
     async fn idempotent_result(&self, key: &str) -> KernelResult<Option<IdempotentResult>>;
 
     /// Whether the backend answers.
     async fn ping(&self) -> KernelResult<()>;
+}
+
+/// Which events an event-log query returns; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    /// Only these aggregate types (empty: any).
+    pub aggregate_types: Vec<String>,
+    pub aggregate_id: Option<String>,
+    pub event_type: Option<String>,
+    /// Only positions above this one (a cursor).
+    pub after_position: u64,
+    /// `recorded_at >= from`.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// `recorded_at < to`.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    /// Matches in all pages.
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EventStats {
+    pub events: u64,
+    /// Distinct (aggregate type, aggregate id) pairs.
+    pub aggregates: u64,
+    /// Distinct event types.
+    pub event_types: u64,
 }
 
 /// Storage for per-aggregate data keys, wrapped by the master key.
@@ -143,12 +185,15 @@ pub enum DocOp {
     },
 }
 
-/// A simple equality filter with paging, enough for the list routes.
+/// A read-model query: equality filters and an optional specification, sorted and paged.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DocQuery {
+    /// Top-level field equals value; all of them must hold.
     pub filter: Vec<(String, Value)>,
-    /// Sort by a top-level field; ascending when true.
-    pub sort: Option<(String, bool)>,
+    /// A checked specification, combined with `filter` by and.
+    pub condition: Option<crate::spec::Filter>,
+    /// Sort keys in order (top-level fields, ascending when true); ties break by id.
+    pub sort: Vec<crate::spec::SortKey>,
     pub limit: u32,
     pub offset: u64,
 }

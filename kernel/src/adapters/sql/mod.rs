@@ -228,6 +228,41 @@ fn conflict(aggregate_type: &str, aggregate_id: &str, expected: u64) -> KernelEr
     }
 }
 
+/// A value bound into an event-log query.
+pub(crate) enum LogBind {
+    Text(String),
+    Int(i64),
+}
+
+/// The WHERE clause (and its binds, in order) of an event-log filter. Only fixed column names
+/// reach the SQL text; every value is bound.
+pub(crate) fn log_condition(filter: &crate::ports::EventFilter) -> (String, Vec<LogBind>) {
+    let mut clauses = vec!["position > ?".to_string()];
+    let mut binds = vec![LogBind::Int(to_i64(filter.after_position))];
+    if !filter.aggregate_types.is_empty() {
+        let marks = vec!["?"; filter.aggregate_types.len()].join(", ");
+        clauses.push(format!("aggregate_type IN ({marks})"));
+        binds.extend(filter.aggregate_types.iter().cloned().map(LogBind::Text));
+    }
+    if let Some(id) = &filter.aggregate_id {
+        clauses.push("aggregate_id = ?".into());
+        binds.push(LogBind::Text(id.clone()));
+    }
+    if let Some(event_type) = &filter.event_type {
+        clauses.push("event_type = ?".into());
+        binds.push(LogBind::Text(event_type.clone()));
+    }
+    if let Some(from) = filter.from {
+        clauses.push("recorded_at >= ?".into());
+        binds.push(LogBind::Int(from.timestamp_micros()));
+    }
+    if let Some(to) = filter.to {
+        clauses.push("recorded_at < ?".into());
+        binds.push(LogBind::Int(to.timestamp_micros()));
+    }
+    (clauses.join(" AND "), binds)
+}
+
 /// Implements the shared part of a sqlx store. The backend type must provide:
 /// - `fn reader(&self) -> &Pool<DB>` and `fn writer(&self) -> &Pool<DB>`;
 /// - `async fn begin_write(&self) -> KernelResult<Transaction<'static, DB>>`;
@@ -235,57 +270,12 @@ fn conflict(aggregate_type: &str, aggregate_id: &str, expected: u64) -> KernelEr
 ///   the position of the last row of an INSERT that just ran on `conn`;
 /// - `fn is_deadlock(&sqlx::Error) -> bool` (a deadlock between writers is a `Conflict`);
 /// - `async fn check_gap(&self, since) -> KernelResult<bool>`;
+/// - const `COUNT_DISTINCT_STREAMS`, the SQL that counts distinct (type, id) pairs;
 /// - consts `SELECT_OWNER_LOCKED` (the owner of a reservation, read with a lock where the
 ///   backend has row locks), `INSERT_KEY_IF_ABSENT` and `INSERT_FORGOTTEN_IF_ABSENT`.
 macro_rules! sql_event_store {
     ($store:ty, $db:ty) => {
         impl $store {
-            /// Events of one type with `position > after_position`, in position order.
-            pub async fn events_by_type(
-                &self,
-                event_type: &str,
-                after_position: u64,
-                limit: u32,
-            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
-                self.events_where("event_type", event_type, after_position, limit)
-                    .await
-            }
-
-            /// Events of every aggregate of one type with `position > after_position`, in
-            /// position order.
-            pub async fn events_by_aggregate_type(
-                &self,
-                aggregate_type: &str,
-                after_position: u64,
-                limit: u32,
-            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
-                self.events_where("aggregate_type", aggregate_type, after_position, limit)
-                    .await
-            }
-
-            /// Events whose `column` (a fixed column name, never user input) equals `value`.
-            async fn events_where(
-                &self,
-                column: &'static str,
-                value: &str,
-                after_position: u64,
-                limit: u32,
-            ) -> $crate::error::KernelResult<Vec<$crate::envelope::StoredEvent>> {
-                let sql = format!(
-                    "SELECT {} FROM events WHERE {column} = ? AND position > ? \
-                     ORDER BY position LIMIT ?",
-                    $crate::adapters::sql::EVENT_COLUMNS
-                );
-                let rows = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql)
-                    .bind(value)
-                    .bind($crate::adapters::sql::to_i64(after_position))
-                    .bind(i64::from(limit))
-                    .fetch_all(self.reader())
-                    .await
-                    .map_err($crate::error::KernelError::storage)?;
-                $crate::adapters::sql::rows_to_events(rows)
-            }
-
             /// The committed sequence of one aggregate (0 when it has no events).
             pub async fn stream_sequence(
                 &self,
@@ -626,6 +616,88 @@ macro_rules! sql_event_store {
                     .await
                     .map_err($crate::error::KernelError::storage)?;
                 $crate::adapters::sql::to_u64(head)
+            }
+
+            async fn query_events(
+                &self,
+                filter: &$crate::ports::EventFilter,
+                offset: u64,
+                limit: u32,
+            ) -> $crate::error::KernelResult<$crate::ports::EventPage> {
+                use $crate::adapters::sql::LogBind;
+                let (condition, binds) = $crate::adapters::sql::log_condition(filter);
+                // One read transaction: the page and the total come from one snapshot.
+                let mut tx = self
+                    .reader()
+                    .begin()
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                let count_sql = format!("SELECT COUNT(*) FROM events WHERE {condition}");
+                let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+                for bind in &binds {
+                    count = match bind {
+                        LogBind::Text(text) => count.bind(text.as_str()),
+                        LogBind::Int(int) => count.bind(*int),
+                    };
+                }
+                let total = count
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                let sql = format!(
+                    "SELECT {} FROM events WHERE {condition} ORDER BY position LIMIT ? OFFSET ?",
+                    $crate::adapters::sql::EVENT_COLUMNS
+                );
+                let mut page = sqlx::query_as::<_, $crate::adapters::sql::EventRow>(&sql);
+                for bind in &binds {
+                    page = match bind {
+                        LogBind::Text(text) => page.bind(text.as_str()),
+                        LogBind::Int(int) => page.bind(*int),
+                    };
+                }
+                let rows = page
+                    .bind(i64::from(limit))
+                    .bind($crate::adapters::sql::to_i64(offset))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                tx.commit().await.map_err($crate::error::KernelError::storage)?;
+                Ok($crate::ports::EventPage {
+                    events: $crate::adapters::sql::rows_to_events(rows)?,
+                    total: $crate::adapters::sql::to_u64(total)?,
+                })
+            }
+
+            async fn event_stats(
+                &self,
+                aggregate_types: &[String],
+            ) -> $crate::error::KernelResult<$crate::ports::EventStats> {
+                use $crate::adapters::sql::LogBind;
+                let filter = $crate::ports::EventFilter {
+                    aggregate_types: aggregate_types.to_vec(),
+                    ..Default::default()
+                };
+                let (condition, binds) = $crate::adapters::sql::log_condition(&filter);
+                let sql = format!(
+                    "SELECT COUNT(*), {}, COUNT(DISTINCT event_type) FROM events WHERE {condition}",
+                    Self::COUNT_DISTINCT_STREAMS
+                );
+                let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
+                for bind in &binds {
+                    query = match bind {
+                        LogBind::Text(text) => query.bind(text.as_str()),
+                        LogBind::Int(int) => query.bind(*int),
+                    };
+                }
+                let (events, aggregates, event_types) = query
+                    .fetch_one(self.reader())
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                Ok($crate::ports::EventStats {
+                    events: $crate::adapters::sql::to_u64(events)?,
+                    aggregates: $crate::adapters::sql::to_u64(aggregates)?,
+                    event_types: $crate::adapters::sql::to_u64(event_types)?,
+                })
             }
 
             async fn idempotent_result(

@@ -183,6 +183,7 @@ impl MySqlEventStore {
     }
 
     /// A locking read: it sees the latest committed owner, not the transaction's snapshot.
+    const COUNT_DISTINCT_STREAMS: &'static str = "COUNT(DISTINCT aggregate_type, aggregate_id)";
     const SELECT_OWNER_LOCKED: &'static str =
         "SELECT owner FROM reservations WHERE scope = ? AND value = ? FOR UPDATE";
 

@@ -141,6 +141,8 @@ impl SqliteEventStore {
     }
 
     /// The only writer holds the write lock, so a plain read is current.
+    const COUNT_DISTINCT_STREAMS: &'static str =
+        "COUNT(DISTINCT aggregate_type || '/' || aggregate_id)";
     const SELECT_OWNER_LOCKED: &'static str =
         "SELECT owner FROM reservations WHERE scope = ? AND value = ?";
 
