@@ -97,6 +97,10 @@ impl World {
 
     /// Starts a `projector --projection memento` process configured like the test.
     fn spawn_projector(&self, name: &str) -> Projector {
+        self.spawn_projector_with(name, &["--projection", PROJECTION_NAME])
+    }
+
+    fn spawn_projector_with(&self, name: &str, args: &[&str]) -> Projector {
         let log = self.data_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -105,7 +109,7 @@ impl World {
             .expect("projector log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_projector"));
         command
-            .args(["--projection", PROJECTION_NAME])
+            .args(args)
             .env_remove("QUINTET_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -749,4 +753,84 @@ async fn a_poison_event_parks_only_its_aggregate_in_the_worker() {
     assert_eq!(projected, fresh, "the read model equals a fresh replay");
     assert_eq!(fresh_parked, 2);
     eprintln!("poison: {written} events and 2 poisoned ones; 2 parked, the rest applied");
+}
+
+/// The repository and event-sourcing contexts flow through Kafka too: `projector --all`
+/// builds their read models from their own topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_context_reaches_its_read_model_through_kafka() {
+    use kernel::domain::event_sourcing::{EventSourcingPolicy, GenericCommand, UserAggregate};
+    use kernel::domain::repository::{User, UserCommand};
+
+    let world = World::new().await;
+    let backends = kernel::wiring::connect_write_side(&world.settings)
+        .await
+        .expect("write side");
+    let engine = backends.engine;
+    let relay = start_relay(&world, &engine).await;
+    let mut projector = world.spawn_projector_with("all", &["--all"]);
+    let ctx = kernel::envelope::CommandContext::default();
+    let at = chrono::Utc::now();
+    engine
+        .execute::<User, _>(
+            "u-kafka",
+            || UserCommand::CreateUser {
+                id: "u-kafka".into(),
+                email: "kafka@example.com".into(),
+                name: "Via Kafka".into(),
+                at,
+            },
+            &(),
+            &ctx,
+        )
+        .await
+        .expect("create a repository user");
+    engine
+        .execute::<UserAggregate, _>(
+            "es-kafka",
+            || GenericCommand::Create {
+                id: "es-kafka".into(),
+                data: json!({ "email": "es@example.com" }),
+                metadata: Default::default(),
+                aggregates: 0,
+                at,
+            },
+            &EventSourcingPolicy::default(),
+            &ctx,
+        )
+        .await
+        .expect("create an event-sourcing aggregate");
+    let head = engine.store().head_position().await.expect("head");
+
+    let read = world.read_store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (projection, collection, id) in [
+        (
+            "repository",
+            kernel::domain::repository::projection::USERS,
+            "u-kafka",
+        ),
+        (
+            "event-sourcing",
+            kernel::domain::event_sourcing::projection::AGGREGATES,
+            "es-kafka",
+        ),
+    ] {
+        loop {
+            projector.assert_running();
+            if read.checkpoint(projection).await.expect("checkpoint") >= head {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{projection} never reached {head}\n{}",
+                projector.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let doc = read.get(collection, id).await.expect("read");
+        assert!(doc.is_some(), "{projection}: {id} is in {collection}");
+    }
+    projector.terminate().await;
+    relay.abort();
 }

@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::KafkaSettings;
-use crate::domain::memento::{CARETAKER, ORIGINATOR};
 use crate::domain::projection::{Projection, SYSTEM_AGGREGATE};
 use crate::domain::Context;
 use crate::envelope::StoredEvent;
@@ -63,11 +62,6 @@ pub const EVENT_CONTEXTS: [Context; 6] = [
     Context::System,
 ];
 
-/// The aggregate types of each context, for picking the topics a projection reads. Extend it
-/// with each new context's aggregates (a unit test checks it agrees with
-/// `Context::of_aggregate`).
-const CONTEXT_AGGREGATES: &[(Context, &[&str])] = &[(Context::Memento, &[CARETAKER, ORIGINATOR])];
-
 /// `{prefix}{context}-events`.
 pub fn events_topic(prefix: &str, context: Context) -> String {
     format!("{prefix}{}-events", context.as_str())
@@ -89,11 +83,13 @@ pub fn consumer_group(prefix: &str, projection: &str) -> String {
 /// The topics a projection's worker subscribes to: those of the contexts whose aggregates it
 /// handles, and always the system topic (system events go to every projection).
 pub fn projection_topics(prefix: &str, projection: &dyn Projection) -> Vec<String> {
-    let mut topics: Vec<String> = CONTEXT_AGGREGATES
-        .iter()
-        .filter(|(_, types)| types.iter().any(|t| projection.handles(t)))
-        .map(|(context, _)| events_topic(prefix, *context))
-        .collect();
+    let mut topics: Vec<String> = Vec::new();
+    for aggregate_type in crate::domain::aggregate_types() {
+        let topic = events_topic(prefix, Context::of_aggregate(aggregate_type));
+        if projection.handles(aggregate_type) && !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
     topics.push(events_topic(prefix, Context::System));
     topics
 }
@@ -457,6 +453,22 @@ impl rdkafka::consumer::ConsumerContext for TracingContext {
     }
 }
 
+/// A consumer that joined `group` and subscribed to `topics`, offsets stored by hand.
+pub fn subscribed(
+    settings: &KafkaSettings,
+    group: &str,
+    topics: &[String],
+) -> KernelResult<StreamConsumer<TracingContext>> {
+    let consumer: StreamConsumer<TracingContext> = consumer_config(settings, group)
+        .create_with_context(TracingContext)
+        .map_err(|err| kafka_error("consumer", err))?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .map_err(|err| kafka_error("subscribe", err))?;
+    Ok(consumer)
+}
+
 /// A group consumer of event topics.
 pub struct EventConsumer {
     consumer: Option<StreamConsumer<TracingContext>>,
@@ -469,15 +481,8 @@ impl EventConsumer {
         group: &str,
         topics: &[String],
     ) -> KernelResult<Self> {
-        let consumer: StreamConsumer<TracingContext> = consumer_config(settings, group)
-            .create_with_context(TracingContext)
-            .map_err(|err| kafka_error("consumer", err))?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|err| kafka_error("subscribe", err))?;
         Ok(Self {
-            consumer: Some(consumer),
+            consumer: Some(subscribed(settings, group, topics)?),
         })
     }
 
@@ -647,11 +652,32 @@ mod tests {
     }
 
     #[test]
-    fn context_table_agrees_with_the_domain() {
-        for (context, types) in CONTEXT_AGGREGATES {
-            for aggregate_type in *types {
-                assert_eq!(Context::of_aggregate(aggregate_type), *context);
-            }
+    fn every_aggregate_type_has_a_context_topic() {
+        for aggregate_type in crate::domain::aggregate_types() {
+            assert_ne!(
+                Context::of_aggregate(aggregate_type),
+                Context::System,
+                "{aggregate_type} would go to the system topic"
+            );
         }
+    }
+
+    #[test]
+    fn projections_read_the_topics_of_their_contexts() {
+        use crate::domain::event_sourcing::EventSourcingProjection;
+        use crate::domain::memento::MementoProjection;
+        use crate::domain::repository::RepositoryProjection;
+        assert_eq!(
+            projection_topics("p_", &MementoProjection),
+            ["p_memento-events", "p_system-events"]
+        );
+        assert_eq!(
+            projection_topics("p_", &RepositoryProjection),
+            ["p_repository-events", "p_system-events"]
+        );
+        assert_eq!(
+            projection_topics("p_", &EventSourcingProjection),
+            ["p_event-sourcing-events", "p_system-events"]
+        );
     }
 }

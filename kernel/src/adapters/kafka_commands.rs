@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::kafka::{consumer_config, header, producer_config, TracingContext};
+use super::kafka::{header, producer_config, subscribed, TracingContext};
 use crate::config::KafkaSettings;
 use crate::domain::Context;
 use crate::error::{KernelError, KernelResult};
@@ -89,14 +89,9 @@ impl CommandConsumer {
         group: &str,
         topics: &[String],
     ) -> KernelResult<Self> {
-        let consumer: StreamConsumer<TracingContext> = consumer_config(settings, group)
-            .create_with_context(TracingContext)
-            .map_err(|err| kafka_error("consumer", err))?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|err| kafka_error("subscribe", err))?;
-        Ok(Self { consumer })
+        Ok(Self {
+            consumer: subscribed(settings, group, topics)?,
+        })
     }
 
     /// The next record. Cancel-safe.

@@ -75,6 +75,25 @@ impl Context {
     }
 }
 
+/// Every aggregate type the contexts store (for routing: which topics a projection reads).
+pub fn aggregate_types() -> Vec<&'static str> {
+    let mut types = vec![
+        memento::CARETAKER,
+        memento::ORIGINATOR,
+        repository::USER,
+        repository::PAYMENT,
+        repository::ORDER,
+        repository::PRODUCT,
+        event_sourcing::SNAPSHOT_LOG,
+    ];
+    types.extend(
+        event_sourcing::AggregateKind::ALL
+            .iter()
+            .map(|kind| kind.store_type()),
+    );
+    types
+}
+
 /// What the engine needs of an aggregate beyond `cqrs_es::Aggregate`.
 pub trait EventSourced: cqrs_es::Aggregate {
     /// Bump when the state's meaning changes while its shape stays the same; the snapshot
