@@ -38,6 +38,10 @@ enum Command {
         /// How long the token is valid, e.g. 15m or 24h (default: security.token_expiry).
         #[arg(long, value_parser = humantime_duration)]
         ttl: Option<Duration>,
+        /// The repository user the token acts for: it then reads and writes only that
+        /// user's own users, payments and orders (admins are never restricted).
+        #[arg(long)]
+        user_id: Option<String>,
     },
     /// Write both OpenAPI specs into a directory.
     Openapi {
@@ -75,11 +79,17 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up => up(settings, shutdown).await,
             Command::Migrate => migrate(&settings).await,
-            Command::Token { role, subject, ttl } => {
+            Command::Token {
+                role,
+                subject,
+                ttl,
+                user_id,
+            } => {
                 let ttl = ttl.unwrap_or(settings.security.token_expiry);
-                let token = JwtKeys::new(&settings.security)
-                    .mint(&subject, role, ttl)
-                    .map_err(|err| err.to_string())?;
+                let keys = JwtKeys::new(&settings.security);
+                let mut claims = keys.claims(&subject, role, ttl);
+                claims.user_id = user_id;
+                let token = keys.mint_claims(&claims).map_err(|err| err.to_string())?;
                 println!("{token}");
                 Ok(())
             }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cache;
 pub mod event_sourcing;
 pub mod memento;
+pub mod owner;
 pub mod query;
 pub mod repository;
 pub mod ws;

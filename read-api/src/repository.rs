@@ -18,6 +18,7 @@ use kernel::spec::{parse_filter, parse_sort, FieldKind, FieldSpec, Filter, Op, S
 use web::{ApiError, ApiResult, BearerAuth, Role, StrictJson};
 
 use crate::cache;
+use crate::owner;
 use crate::query::{found, query, Page, MAX_LIMIT};
 use crate::ReadState;
 
@@ -194,24 +195,35 @@ impl RepositoryReadApi {
             .await
     }
 
-    /// A document by id, through the read cache.
-    async fn by_id(&self, collection: &str, id: &str, what: &str) -> ApiResult<Json<Value>> {
+    /// A document by id, through the read cache; one the token's acting user does not own
+    /// answers like a missing one.
+    async fn by_id(
+        &self,
+        auth: &BearerAuth,
+        collection: &str,
+        id: &str,
+        what: &str,
+    ) -> ApiResult<Json<Value>> {
         let doc = self
             .state
             .cached_get(PROJECTION_NAME, collection, id)
             .await?;
+        let doc = owner::visible(&auth.0, collection, doc);
         Ok(Json(found(doc, &format!("{what} {id}"))?))
     }
 
-    /// A page of a collection, oldest first, with optional equality filters.
+    /// A page of a collection, oldest first, with optional equality filters, kept to the
+    /// token's acting user's own documents.
     async fn page(
         &self,
+        auth: &BearerAuth,
         collection: &str,
-        filter: Vec<(String, Value)>,
+        mut filter: Vec<(String, Value)>,
         condition: Option<Filter>,
         limit: Option<u32>,
         offset: Option<u64>,
     ) -> ApiResult<Json<Page>> {
+        filter.extend(owner::owner_filter(&auth.0, collection));
         let mut q = query(limit, offset);
         q.filter = filter;
         q.condition = condition;
@@ -261,7 +273,8 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
-        self.page(USERS, vec![], None, limit.0, offset.0).await
+        self.page(&auth, USERS, vec![], None, limit.0, offset.0)
+            .await
     }
 
     /// Search users whose name or email contains `q` (case-insensitive).
@@ -281,7 +294,7 @@ impl RepositoryReadApi {
             Filter::condition("name", Op::Contains, json!(q.0)),
             Filter::condition("email", Op::Contains, json!(q.0)),
         ]);
-        self.page(USERS, vec![], Some(condition), limit.0, offset.0)
+        self.page(&auth, USERS, vec![], Some(condition), limit.0, offset.0)
             .await
     }
 
@@ -295,7 +308,7 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
-        self.by_id(USERS, &id.0, "user").await
+        self.by_id(&auth, USERS, &id.0, "user").await
     }
 
     /// List payments, oldest first.
@@ -310,7 +323,8 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
-        self.page(PAYMENTS, vec![], None, limit.0, offset.0).await
+        self.page(&auth, PAYMENTS, vec![], None, limit.0, offset.0)
+            .await
     }
 
     /// Get a payment.
@@ -323,7 +337,7 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
-        self.by_id(PAYMENTS, &id.0, "payment").await
+        self.by_id(&auth, PAYMENTS, &id.0, "payment").await
     }
 
     /// A user's payments, oldest first.
@@ -343,8 +357,10 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
+        owner::require_user(&auth.0, &user_id.0)?;
         let filter = vec![("user_id".to_string(), json!(user_id.0))];
-        self.page(PAYMENTS, filter, None, limit.0, offset.0).await
+        self.page(&auth, PAYMENTS, filter, None, limit.0, offset.0)
+            .await
     }
 
     /// List orders, oldest first.
@@ -359,7 +375,8 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
-        self.page(ORDERS, vec![], None, limit.0, offset.0).await
+        self.page(&auth, ORDERS, vec![], None, limit.0, offset.0)
+            .await
     }
 
     /// Get an order.
@@ -372,7 +389,7 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
-        self.by_id(ORDERS, &id.0, "order").await
+        self.by_id(&auth, ORDERS, &id.0, "order").await
     }
 
     /// A user's orders, oldest first.
@@ -392,8 +409,10 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
+        owner::require_user(&auth.0, &user_id.0)?;
         let filter = vec![("user_id".to_string(), json!(user_id.0))];
-        self.page(ORDERS, filter, None, limit.0, offset.0).await
+        self.page(&auth, ORDERS, filter, None, limit.0, offset.0)
+            .await
     }
 
     /// List products, oldest first.
@@ -408,7 +427,8 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
-        self.page(PRODUCTS, vec![], None, limit.0, offset.0).await
+        self.page(&auth, PRODUCTS, vec![], None, limit.0, offset.0)
+            .await
     }
 
     /// Get a product.
@@ -421,7 +441,7 @@ impl RepositoryReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
-        self.by_id(PRODUCTS, &id.0, "product").await
+        self.by_id(&auth, PRODUCTS, &id.0, "product").await
     }
 
     /// The products of a category (exact match), oldest first.
@@ -442,7 +462,8 @@ impl RepositoryReadApi {
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
         let filter = vec![("category".to_string(), json!(category.0))];
-        self.page(PRODUCTS, filter, None, limit.0, offset.0).await
+        self.page(&auth, PRODUCTS, filter, None, limit.0, offset.0)
+            .await
     }
 
     /// The repository types: description, queryable fields, event types, document count.
@@ -504,6 +525,8 @@ impl RepositoryReadApi {
         let request = body.0;
         let info = type_info(request.kind);
         let mut q = query(request.limit, request.offset);
+        q.filter
+            .extend(owner::owner_filter(&auth.0, info.collection));
         q.condition = request
             .filter
             .as_ref()

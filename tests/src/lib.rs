@@ -268,6 +268,18 @@ impl TestApp {
         self.keys.mint_claims(&claims).expect("mint a token")
     }
 
+    /// A token for `role` that acts for the repository user `user_id` (its own aggregates
+    /// only, unless `role` is admin).
+    pub fn token_for_user(&self, role: Role, user_id: &str) -> String {
+        let mut claims = self.keys.claims(
+            &format!("e2e-user-{user_id}"),
+            role,
+            Duration::from_secs(600),
+        );
+        claims.user_id = Some(user_id.to_string());
+        self.keys.mint_claims(&claims).expect("mint a token")
+    }
+
     /// A token for `role` with a chosen subject.
     pub fn token_for(&self, subject: &str, role: Role) -> String {
         self.keys

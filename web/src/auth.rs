@@ -61,9 +61,22 @@ pub struct Claims {
     /// Space-separated contexts (`memento repository ...`); absent means every context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The repository user this token acts for: it then reads and writes only that user's
+    /// own aggregates (unless it is an admin). Absent means role and scope alone decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 impl Claims {
+    /// The user whose own aggregates alone this token may touch; `None` when it is not
+    /// restricted to one user (no `user_id`, or an admin, whom ownership never restricts).
+    pub fn acting_user(&self) -> Option<&str> {
+        match self.role {
+            Role::Admin => None,
+            _ => self.user_id.as_deref(),
+        }
+    }
+
     /// Fails with 403 unless the token's role is at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role >= role {
@@ -172,6 +185,7 @@ impl JwtKeys {
             aud: self.inner.audience.clone(),
             iss: self.inner.issuer.clone(),
             scope: None,
+            user_id: None,
         }
     }
 

@@ -6,6 +6,10 @@
 //! placing an order reserves stock on every product it names together with the order, while
 //! cancelling or deleting it gives the stock back, so stock never goes below 0 and a failed
 //! order writes nothing.
+//!
+//! A token that acts for a user ([`web::Claims::acting_user`]) writes only that user's own
+//! users, payments and orders: creating one for another user is a 403, changing another
+//! user's answers 404 like a missing one (checked on the loaded state, so nothing leaks).
 
 use chrono::{DateTime, Utc};
 use poem::Request;
@@ -24,7 +28,7 @@ use kernel::domain::{DomainError, EventSourced};
 use kernel::engine::{Decision, Engine, UnitOfWork};
 use kernel::envelope::{CommandContext, Reservation};
 use kernel::KernelError;
-use web::{ApiResult, BearerAuth, Role, StrictJson, Text};
+use web::{ApiError, ApiResult, BearerAuth, Claims, Role, StrictJson, Text};
 
 use crate::write::{call, context, execute, expected_version, new_id, request_id, Written};
 use crate::WriteState;
@@ -293,6 +297,39 @@ fn push_user(uow: &mut UnitOfWork, decision: Decision<User>) -> Result<(), Kerne
     uow.push(decision)
 }
 
+/// Fails with 403 naming `field` unless the token's acting user (if any) is `owner`, the
+/// user a new aggregate would belong to.
+fn require_creating_own(claims: &Claims, field: &str, owner: &str) -> ApiResult<()> {
+    match claims.acting_user() {
+        Some(user) if user != owner => Err(ApiError::Forbidden(format!(
+            "{field}: this token acts for user {user} and may only create that user's own \
+             aggregates"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Fails like a missing `what` (404) unless the acting user (if any) owns the aggregate:
+/// `owner` is its owning user as loaded (empty when it does not exist).
+fn require_owned(acting: Option<&str>, owner: &str, what: &str) -> Result<(), KernelError> {
+    match acting {
+        Some(user) if user != owner => Err(DomainError::NotFound(what.to_string()).into()),
+        _ => Ok(()),
+    }
+}
+
+/// Loads a payment and decides `command` on it, if the acting user (if any) owns it.
+async fn decide_owned_payment(
+    engine: &Engine,
+    acting: Option<&str>,
+    payment_id: &str,
+    command: PaymentCommand,
+) -> Result<Decision<Payment>, KernelError> {
+    let loaded = engine.load::<Payment>(payment_id).await?;
+    require_owned(acting, loaded.state.user_id(), "payment")?;
+    Engine::decide_on(payment_id, loaded, command, &()).await
+}
+
 /// Fails with a 422 naming `field` unless `user_id` names a live user.
 async fn require_user(engine: &Engine, field: &str, user_id: &str) -> Result<(), KernelError> {
     let missing = || DomainError::invalid(field, format!("user {user_id} does not exist"));
@@ -318,14 +355,16 @@ fn for_item(index: usize) -> impl Fn(KernelError) -> KernelError {
 
 /// Decides `command` on an order and, when the order stops holding stock (cancelled or
 /// deleted while pending or confirmed), gives the stock back to its products, all in one
-/// unit of work.
+/// unit of work. Only an order the acting user (if any) owns is changed.
 async fn order_unit(
     engine: &Engine,
+    acting: Option<&str>,
     order_id: &str,
     command: OrderCommand,
     at: DateTime<Utc>,
 ) -> Result<UnitOfWork, KernelError> {
     let loaded = engine.load::<Order>(order_id).await?;
+    require_owned(acting, loaded.state.user_id(), "order")?;
     let before = loaded.state.clone();
     let decision = Engine::decide_on(order_id, loaded, command, &()).await?;
     let releases = decision
@@ -395,6 +434,28 @@ impl RepositoryWriteApi {
         Ok(Written::from_committed(&committed, USER, user_id, created))
     }
 
+    /// Runs a command on a payment the token's acting user (if any) owns.
+    async fn run_payment(
+        &self,
+        auth: &BearerAuth,
+        ctx: &CommandContext,
+        payment_id: &str,
+        command: impl Fn() -> PaymentCommand,
+    ) -> ApiResult<Written> {
+        let engine = self.engine();
+        let acting = auth.0.acting_user();
+        let committed = engine
+            .run(ctx, || async {
+                let mut uow = UnitOfWork::new();
+                uow.push(decide_owned_payment(engine, acting, payment_id, command()).await?)?;
+                Ok::<_, KernelError>(uow)
+            })
+            .await?;
+        Ok(Written::from_committed(
+            &committed, PAYMENT, payment_id, false,
+        ))
+    }
+
     /// Runs a single-aggregate command of this context for a writer.
     #[allow(clippy::too_many_arguments)]
     async fn execute<A>(
@@ -443,6 +504,7 @@ impl RepositoryWriteApi {
         let request = &body.0;
         let ctx = self.context(&auth, req, idempotency_key, "POST /users", request)?;
         let id = id_or_new(&request.id);
+        require_creating_own(&auth.0, "id", &id)?;
         self.run_user(&ctx, &id, true, || UserCommand::CreateUser {
             id: id.clone(),
             email: request.email.to_string(),
@@ -472,6 +534,7 @@ impl RepositoryWriteApi {
         let expected = expected_version(if_match.0, request.expected_version)?;
         let route = format!("PUT /users/{}", id.0);
         let ctx = self.context(&auth, req, idempotency_key, &route, &(request, expected))?;
+        require_owned(auth.0.acting_user(), &id.0, "user")?;
         self.run_user(&ctx, &id.0, false, || UserCommand::UpdateUser {
             email: text(&request.email),
             name: text(&request.name),
@@ -498,6 +561,7 @@ impl RepositoryWriteApi {
         let expected = expected_version(if_match.0, None)?;
         let route = format!("DELETE /users/{}", id.0);
         let ctx = self.context(&auth, req, idempotency_key, &route, &expected)?;
+        require_owned(auth.0.acting_user(), &id.0, "user")?;
         self.run_user(&ctx, &id.0, false, || UserCommand::DeleteUser {
             expected_version: expected,
             at,
@@ -518,6 +582,7 @@ impl RepositoryWriteApi {
         let at = Utc::now();
         let request = &body.0;
         let ctx = self.context(&auth, req, idempotency_key, "POST /payments", request)?;
+        require_creating_own(&auth.0, "user_id", &request.user_id)?;
         let id = id_or_new(&request.id);
         let engine = self.engine();
         let committed = engine
@@ -556,23 +621,16 @@ impl RepositoryWriteApi {
         let at = Utc::now();
         let request = &body.0;
         let expected = expected_version(if_match.0, request.expected_version)?;
-        self.execute::<Payment>(
-            &auth,
-            req,
-            idempotency_key,
-            &format!("PUT /payments/{}", id.0),
-            &(request, expected),
-            &id.0,
-            false,
-            || PaymentCommand::UpdatePayment {
-                status: request.status.map(Into::into),
-                amount: request.amount,
-                currency: text(&request.currency),
-                gateway: text(&request.gateway),
-                expected_version: expected,
-                at,
-            },
-        )
+        let route = format!("PUT /payments/{}", id.0);
+        let ctx = self.context(&auth, req, idempotency_key, &route, &(request, expected))?;
+        self.run_payment(&auth, &ctx, &id.0, || PaymentCommand::UpdatePayment {
+            status: request.status.map(Into::into),
+            amount: request.amount,
+            currency: text(&request.currency),
+            gateway: text(&request.gateway),
+            expected_version: expected,
+            at,
+        })
         .await
     }
 
@@ -591,19 +649,12 @@ impl RepositoryWriteApi {
     ) -> ApiResult<Written> {
         let at = Utc::now();
         let expected = expected_version(if_match.0, None)?;
-        self.execute::<Payment>(
-            &auth,
-            req,
-            idempotency_key,
-            &format!("DELETE /payments/{}", id.0),
-            &expected,
-            &id.0,
-            false,
-            || PaymentCommand::DeletePayment {
-                expected_version: expected,
-                at,
-            },
-        )
+        let route = format!("DELETE /payments/{}", id.0);
+        let ctx = self.context(&auth, req, idempotency_key, &route, &expected)?;
+        self.run_payment(&auth, &ctx, &id.0, || PaymentCommand::DeletePayment {
+            expected_version: expected,
+            at,
+        })
         .await
     }
 
@@ -622,6 +673,7 @@ impl RepositoryWriteApi {
         let at = Utc::now();
         let request = &body.0;
         let ctx = self.context(&auth, req, idempotency_key, "POST /orders", request)?;
+        require_creating_own(&auth.0, "user_id", &request.user_id)?;
         // Malformed items are refused before anything is loaded.
         validate_items(
             request
@@ -709,7 +761,7 @@ impl RepositoryWriteApi {
                     expected_version: expected,
                     at,
                 };
-                order_unit(engine, &id.0, change, at)
+                order_unit(engine, auth.0.acting_user(), &id.0, change, at)
             })
             .await?;
         Ok(Written::from_committed(&committed, ORDER, &id.0, false))
@@ -740,7 +792,7 @@ impl RepositoryWriteApi {
                     expected_version: expected,
                     at,
                 };
-                order_unit(engine, &id.0, delete, at)
+                order_unit(engine, auth.0.acting_user(), &id.0, delete, at)
             })
             .await?;
         Ok(Written::from_committed(&committed, ORDER, &id.0, false))

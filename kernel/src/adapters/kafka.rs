@@ -592,6 +592,7 @@ impl EventConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::memento::{CARETAKER, ORIGINATOR};
 
     fn event(aggregate_type: &str, aggregate_id: &str) -> StoredEvent {
         StoredEvent {
