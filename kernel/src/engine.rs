@@ -555,14 +555,7 @@ impl Engine {
         aggregate_id: &str,
         bytes: &[u8],
     ) -> Result<Option<(A, u64, Uuid)>, String> {
-        if bytes.len() > MAX_SNAPSHOT_BYTES {
-            return Err("too large".into());
-        }
-        let (envelope, _): (SnapshotEnvelope, usize) = bincode::serde::decode_from_slice(
-            bytes,
-            bincode::config::standard().with_limit::<MAX_SNAPSHOT_BYTES>(),
-        )
-        .map_err(|err| format!("undecodable: {err}"))?;
+        let envelope = decode_envelope(bytes)?;
         if envelope.fingerprint != state_fingerprint::<A>() || envelope.sequence == 0 {
             return Err("schema fingerprint or sequence mismatch".into());
         }
@@ -666,6 +659,26 @@ impl Engine {
 
 pub fn snapshot_key(aggregate_type: &str, aggregate_id: &str, fingerprint: &str) -> String {
     format!("snap:{aggregate_type}:{aggregate_id}:{fingerprint}")
+}
+
+/// The bincode decode of a stored snapshot envelope, size-limited so corrupt bytes cannot
+/// make it allocate more than a snapshot may hold.
+fn decode_envelope(bytes: &[u8]) -> Result<SnapshotEnvelope, String> {
+    if bytes.len() > MAX_SNAPSHOT_BYTES {
+        return Err("too large".into());
+    }
+    let (envelope, _): (SnapshotEnvelope, usize) = bincode::serde::decode_from_slice(
+        bytes,
+        bincode::config::standard().with_limit::<MAX_SNAPSHOT_BYTES>(),
+    )
+    .map_err(|err| format!("undecodable: {err}"))?;
+    Ok(envelope)
+}
+
+/// The envelope decode that reading a snapshot does, exposed for the fuzz target: its
+/// fingerprint and sequence, or why the bytes are no snapshot.
+pub fn decode_snapshot_envelope(bytes: &[u8]) -> Result<(String, u64), String> {
+    decode_envelope(bytes).map(|envelope| (envelope.fingerprint, envelope.sequence))
 }
 
 /// A fingerprint of an aggregate's state schema: its Rust type, its declared schema version
