@@ -448,6 +448,14 @@ mod scenarios {
         let page = store.find("orders", &q).await.expect("find");
         assert!(page.items.is_empty());
         assert_eq!(page.total, 8);
+        // An offset no store can index (past i64::MAX) is just past the end too.
+        q.offset = u64::MAX;
+        let page = store
+            .find("orders", &q)
+            .await
+            .expect("a huge offset is no error");
+        assert!(page.items.is_empty());
+        assert_eq!(page.total, 8);
 
         let none = store
             .find("orders", &query(&[("user_id", json!("nobody"))]))

@@ -49,7 +49,9 @@ pub struct RebuildStatus {
     pub state: String,
     /// The generation being built (the active one once done).
     pub generation: u64,
+    #[oai(skip_serializing_if_is_none)]
     pub started_at: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
     pub finished_at: Option<String>,
     /// The last position applied to the shadow copy.
     pub position: u64,
@@ -59,6 +61,7 @@ pub struct RebuildStatus {
     pub events: u64,
     pub events_per_second: f64,
     pub eta_seconds: f64,
+    #[oai(skip_serializing_if_is_none)]
     pub error: Option<String>,
 }
 
@@ -84,7 +87,9 @@ pub struct ProjectionStatus {
     /// Parked events (see `/projections/{name}/parked`).
     pub parked: u64,
     /// When a runner or worker last reported.
+    #[oai(skip_serializing_if_is_none)]
     pub updated_at: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
     pub rebuild: Option<RebuildStatus>,
 }
 
@@ -148,6 +153,7 @@ pub struct ParkedList {
     pub items: Vec<ParkedEventView>,
     pub total: u64,
     /// The offset of the next page, if there is one.
+    #[oai(skip_serializing_if_is_none)]
     pub next: Option<u64>,
     pub limit: u32,
     pub offset: u64,
@@ -360,8 +366,9 @@ impl AdminApi {
         /// Page size (clamped to 1..=1000, default 50).
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
         limit: Query<Option<u32>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
     ) -> ApiResult<Json<ParkedList>> {
         auth.0.require(Role::Reader)?;
         let projection = projection(&name.0)?;

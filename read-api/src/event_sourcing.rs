@@ -313,12 +313,12 @@ impl EventSourcingReadApi {
         auth: BearerAuth,
         id: Path<String>,
         /// Time travel: the state after this many events (1 is the creation).
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         version: Query<Option<u64>>,
         /// Time travel: the state after the events recorded at or before this time.
         at: Query<Option<String>>,
         /// Wait until the read model has applied this position (read your writes).
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         let at = parse_time("at", at.0.as_deref())?;
@@ -347,12 +347,13 @@ impl EventSourcingReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
         /// Only events after this global position (a cursor: a page's `next_after_position`).
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         after_position: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<EventPage>> {
         self.reader(&auth, min_position.0).await?;
@@ -378,11 +379,12 @@ impl EventSourcingReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         after_position: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<EventPage>> {
         self.reader(&auth, min_position.0).await?;
@@ -415,11 +417,12 @@ impl EventSourcingReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         after_position: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<EventPage>> {
         self.reader(&auth, min_position.0).await?;
@@ -451,11 +454,12 @@ impl EventSourcingReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         after_position: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<EventPage>> {
         self.reader(&auth, min_position.0).await?;
@@ -479,9 +483,10 @@ impl EventSourcingReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -503,7 +508,7 @@ impl EventSourcingReadApi {
         &self,
         auth: BearerAuth,
         aggregate_id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -531,7 +536,7 @@ impl EventSourcingReadApi {
     async fn stats(
         &self,
         auth: BearerAuth,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -590,7 +595,7 @@ impl EventSourcingReadApi {
     async fn info(
         &self,
         auth: BearerAuth,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.reader(&auth, min_position.0).await?;

@@ -54,10 +54,11 @@ impl MementoReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
         /// Wait until the read model has applied this position (read your writes).
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -73,7 +74,7 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         name: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -92,9 +93,10 @@ impl MementoReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -125,7 +127,7 @@ impl MementoReadApi {
         auth: BearerAuth,
         name: Path<String>,
         id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -142,7 +144,7 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         name: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -176,7 +178,7 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -199,9 +201,10 @@ impl MementoReadApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Query<
             Option<u32>,
         >,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Query<
+            Option<u64>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -226,9 +229,10 @@ impl MementoReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        version: Query<Option<u64>>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] version: Query<
+            Option<u64>,
+        >,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;

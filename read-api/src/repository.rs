@@ -154,7 +154,7 @@ pub struct QueryRequest {
     /// Default 50, at most 1000.
     #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub limit: Option<u32>,
-    #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub offset: Option<u64>,
 }
 
@@ -267,9 +267,8 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -284,9 +283,8 @@ impl RepositoryReadApi {
         auth: BearerAuth,
         #[oai(validator(min_length = 1, max_length = 256))] q: Query<String>,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -304,7 +302,7 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -317,9 +315,8 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -333,7 +330,7 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -351,9 +348,8 @@ impl RepositoryReadApi {
         auth: BearerAuth,
         user_id: Path<String>,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -369,9 +365,8 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -385,7 +380,7 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -403,9 +398,8 @@ impl RepositoryReadApi {
         auth: BearerAuth,
         user_id: Path<String>,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -421,9 +415,8 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -437,7 +430,7 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -455,9 +448,8 @@ impl RepositoryReadApi {
         auth: BearerAuth,
         category: Path<String>,
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))] limit: Limit,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
-        offset: Offset,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))] offset: Offset,
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
@@ -471,7 +463,7 @@ impl RepositoryReadApi {
     async fn list_repositories(
         &self,
         auth: BearerAuth,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -492,7 +484,7 @@ impl RepositoryReadApi {
         &self,
         auth: BearerAuth,
         #[oai(name = "type")] kind: Path<String>,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
@@ -517,7 +509,7 @@ impl RepositoryReadApi {
     async fn query(
         &self,
         auth: BearerAuth,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
         body: StrictJson<QueryRequest>,
     ) -> ApiResult<Json<Page>> {
@@ -550,7 +542,7 @@ impl RepositoryReadApi {
     async fn cache_stats(
         &self,
         auth: BearerAuth,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
     ) -> ApiResult<Json<CacheStatsView>> {
         self.ready(&auth, min_position.0).await?;
@@ -578,7 +570,7 @@ impl RepositoryReadApi {
     async fn cache_warm(
         &self,
         auth: BearerAuth,
-        #[oai(validator(minimum(value = "0"), maximum(value = "9223372036854775807")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         min_position: MinPosition,
         body: StrictJson<WarmRequest>,
     ) -> ApiResult<Json<Value>> {

@@ -155,14 +155,18 @@ impl AllowedMethods {
 
     fn lookup(&self, path: &str) -> Option<&str> {
         let wanted: Vec<&str> = path.split('/').collect();
-        self.routes.iter().find_map(|(segments, methods)| {
-            let matches = segments.len() == wanted.len()
-                && segments
-                    .iter()
-                    .zip(&wanted)
-                    .all(|(segment, got)| segment.as_deref().is_none_or(|literal| literal == *got));
-            matches.then_some(methods.as_str())
-        })
+        // Like the router: a literal segment beats a parameter (`/repositories/query` is not
+        // `/repositories/{type}`), so the match with the most literals wins.
+        self.routes
+            .iter()
+            .filter(|(segments, _)| {
+                segments.len() == wanted.len()
+                    && segments.iter().zip(&wanted).all(|(segment, got)| {
+                        segment.as_deref().is_none_or(|literal| literal == *got)
+                    })
+            })
+            .max_by_key(|(segments, _)| segments.iter().filter(|s| s.is_some()).count())
+            .map(|(_, methods)| methods.as_str())
     }
 
     async fn annotate<E: Endpoint<Output = Response>>(

@@ -143,6 +143,7 @@ pub struct UpdateAggregateRequest {
     /// other change one `custom` event.
     pub changes: Value,
     /// Optimistic concurrency: the version the change is based on (or send `If-Match`).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub expected_version: Option<u64>,
     /// The events' metadata.
     #[oai(validator(max_properties = 64))]
@@ -169,9 +170,10 @@ pub struct PublishEventRequest {
     pub metadata: Option<BTreeMap<String, Value>>,
     /// Optimistic concurrency: the aggregate's current version (0: it must not exist yet).
     /// A stale one is 409. Or send `If-Match`.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub expected_version: Option<u64>,
     /// The version the event will have (the seed's field): `expected_version + 1`.
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000000000000000")))]
     pub version: Option<u64>,
 }
 
@@ -183,7 +185,7 @@ pub struct CreateSnapshotRequest {
     pub aggregate_id: Text,
     /// The version to snapshot: the current one by default, or an earlier one (its state
     /// is rebuilt from the events). Beyond the current version is 422.
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000000000000000")))]
     pub version: Option<u64>,
 }
 

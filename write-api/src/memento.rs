@@ -117,6 +117,7 @@ pub struct CreateOriginatorRequest {
 pub struct SetStateRequest {
     pub state: Value,
     /// Optimistic concurrency: the version the change is based on (or send `If-Match`).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub expected_version: Option<u64>,
 }
 

@@ -129,6 +129,7 @@ pub struct UpdateUserRequest {
     #[oai(validator(pattern = r"\S", max_length = 256))]
     pub name: Option<Text>,
     /// Optimistic concurrency: the version the change is based on (or send `If-Match`).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub expected_version: Option<u64>,
 }
 
@@ -177,6 +178,7 @@ pub struct UpdatePaymentRequest {
     #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
     pub gateway: Option<Text>,
     /// Optimistic concurrency: the version the change is based on (or send `If-Match`).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub expected_version: Option<u64>,
 }
 
@@ -217,6 +219,7 @@ pub struct UpdateOrderRequest {
     /// Cancelling gives the reserved stock back.
     pub status: OrderStatusName,
     /// Optimistic concurrency: the version the change is based on (or send `If-Match`).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub expected_version: Option<u64>,
 }
 
@@ -260,6 +263,7 @@ pub struct UpdateProductRequest {
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub stock: Option<i64>,
     /// Optimistic concurrency: the version the change is based on (or send `If-Match`).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
     pub expected_version: Option<u64>,
 }
 

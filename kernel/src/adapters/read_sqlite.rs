@@ -399,6 +399,12 @@ fn json_path(field: &str) -> KernelResult<String> {
     Ok(path)
 }
 
+/// An offset as SQLite's INTEGER: past `i64::MAX` it clamps (no collection is that long, so
+/// the page is empty either way).
+fn offset_bind(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
 fn to_i64(value: u64, what: &str) -> KernelResult<i64> {
     i64::try_from(value)
         .map_err(|_| KernelError::Storage(format!("{what} {value} does not fit SQLite's INTEGER")))
@@ -1391,7 +1397,7 @@ impl ReadStore for SqliteReadStore {
             i64::from(query.limit)
         };
         select_binds.push(Bind::Int(limit));
-        select_binds.push(Bind::Int(to_i64(query.offset, "offset")?));
+        select_binds.push(Bind::Int(offset_bind(query.offset)));
 
         let count_sql = format!("SELECT COUNT(*) FROM documents WHERE {condition}");
         let select_sql = format!(
@@ -1478,7 +1484,7 @@ impl ReadStore for SqliteReadStore {
     async fn parked(&self, projection: &str, limit: u32, offset: u64) -> KernelResult<ParkedPage> {
         let limit = if limit == 0 { -1 } else { i64::from(limit) };
         let items = self
-            .parked_query(projection, "", None, limit, to_i64(offset, "offset")?)
+            .parked_query(projection, "", None, limit, offset_bind(offset))
             .await?;
         let target = self.resolve_read(projection).await?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM parked WHERE projection = ?")
