@@ -69,6 +69,12 @@ pub struct Settings {
     /// The event-sourcing context's limits and supported types (seed 003's keys).
     #[serde(default)]
     pub event_sourcing: crate::domain::event_sourcing::EventSourcingPolicy,
+    /// The mediator context's limits (seed 002's keys).
+    #[serde(default)]
+    pub mediator: crate::domain::mediator::MediatorPolicy,
+    /// The command context's circuit breaker and queue settings (seed 004).
+    #[serde(default)]
+    pub command: crate::domain::command::CommandPolicy,
     pub logging: LoggingSettings,
     #[serde(default)]
     pub kafka: KafkaSettings,
@@ -459,7 +465,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Durations written as text: `50ms`, `1s`, `5m`, `24h`.
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -475,6 +475,52 @@ mod scenarios {
         store.append(swap).await.expect("swap");
     }
 
+    pub async fn reservations_are_listed_by_scope<S: Backend>(store: &Arc<S>) {
+        let pending = |value: &str| Reservation {
+            scope: "command_pending".into(),
+            value: value.into(),
+            owner: value.into(),
+        };
+        let mut a = batch(vec![stream("command", "c-2", 0, 1)]);
+        a.reservations = vec![pending("c-2"), reservation("p@example.com", "u-p")];
+        store.append(a).await.expect("reserve");
+        let mut b = batch(vec![stream("command", "c-1", 0, 1)]);
+        b.reservations = vec![pending("c-1")];
+        store.append(b).await.expect("reserve");
+        let mut c = batch(vec![stream("command", "c-3", 0, 1)]);
+        c.reservations = vec![pending("c-3")];
+        store.append(c).await.expect("reserve");
+
+        let values = |list: Vec<Reservation>| list.into_iter().map(|r| r.value).collect::<Vec<_>>();
+        let all = store
+            .reservations("command_pending", "", 100)
+            .await
+            .expect("list");
+        assert!(all
+            .iter()
+            .all(|r| r.scope == "command_pending" && r.owner == r.value));
+        assert_eq!(values(all), vec!["c-1", "c-2", "c-3"]);
+        let page = store
+            .reservations("command_pending", "c-1", 1)
+            .await
+            .expect("page");
+        assert_eq!(values(page), vec!["c-2"]);
+
+        let mut release = batch(vec![stream("command", "c-2", 1, 1)]);
+        release.releases = vec![pending("c-2")];
+        store.append(release).await.expect("release");
+        let left = store
+            .reservations("command_pending", "", 100)
+            .await
+            .expect("list");
+        assert_eq!(values(left), vec!["c-1", "c-3"]);
+        assert!(store
+            .reservations("nothing_here", "", 100)
+            .await
+            .expect("list")
+            .is_empty());
+    }
+
     pub async fn batch_without_events_is_a_no_op_commit<S: Backend>(store: &Arc<S>) {
         store
             .append(batch(vec![stream("order", "o-1", 0, 2)]))
@@ -692,6 +738,7 @@ contract!(
     idempotent_replay_returns_first_result,
     concurrent_same_key_writes_once,
     reservations_are_unique_across_aggregates,
+    reservations_are_listed_by_scope,
     batch_without_events_is_a_no_op_commit,
     bad_input_is_rejected_before_writing,
     read_all_pages_in_position_order,

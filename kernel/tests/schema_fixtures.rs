@@ -22,7 +22,7 @@ use kernel::domain::memento::{
 use kernel::domain::projection::{
     forgotten_aggregate, Projection, AGGREGATE_FORGOTTEN, SYSTEM_AGGREGATE,
 };
-use kernel::domain::{event_sourcing, repository, upcast, Context};
+use kernel::domain::{command, event_sourcing, mediator, repository, upcast, Context};
 use kernel::envelope::RecordedEvent;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
@@ -186,6 +186,26 @@ fn samples() -> Vec<Sample> {
     );
     all.extend(
         event_sourcing::fixtures::samples()
+            .into_iter()
+            .map(|sample| Sample {
+                aggregate_type: sample.aggregate_type,
+                event_type: sample.event_type,
+                version: sample.version,
+                payload: sample.payload,
+            }),
+    );
+    all.extend(
+        mediator::fixtures::samples()
+            .into_iter()
+            .map(|sample| Sample {
+                aggregate_type: sample.aggregate_type,
+                event_type: sample.event_type,
+                version: sample.version,
+                payload: sample.payload,
+            }),
+    );
+    all.extend(
+        command::fixtures::samples()
             .into_iter()
             .map(|sample| Sample {
                 aggregate_type: sample.aggregate_type,
@@ -375,6 +395,8 @@ fn every_fixture_upcasts_deserializes_applies_and_projects() {
         Box::new(MementoProjection),
         Box::new(event_sourcing::EventSourcingProjection),
         Box::new(repository::RepositoryProjection),
+        Box::new(mediator::MediatorProjection),
+        Box::new(command::CommandProjection),
     ];
     for (position, fixture) in all.iter().enumerate() {
         let position = position as u64 + 1;
@@ -394,9 +416,17 @@ fn every_fixture_upcasts_deserializes_applies_and_projects() {
                 assert!(forgotten_aggregate(&event).is_some(), "{name}: unreadable");
                 fixture.payload.clone()
             }
-            t if repository::owns(t) || event_sourcing::owns(t) => {
+            t if repository::owns(t)
+                || event_sourcing::owns(t)
+                || mediator::owns(t)
+                || command::owns(t) =>
+            {
                 let replay = if repository::owns(t) {
                     repository::fixtures::replay_payload
+                } else if mediator::owns(t) {
+                    mediator::fixtures::replay_payload
+                } else if command::owns(t) {
+                    command::fixtures::replay_payload
                 } else {
                     event_sourcing::fixtures::replay_payload
                 };

@@ -7,7 +7,9 @@ pub mod worker;
 
 use std::sync::Arc;
 
+use kernel::domain::command::CommandProjection;
 use kernel::domain::event_sourcing::EventSourcingProjection;
+use kernel::domain::mediator::MediatorProjection;
 use kernel::domain::memento::MementoProjection;
 use kernel::domain::projection::Projection;
 use kernel::domain::repository::RepositoryProjection;
@@ -18,6 +20,8 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(MementoProjection),
         Arc::new(RepositoryProjection),
         Arc::new(EventSourcingProjection),
+        Arc::new(MediatorProjection),
+        Arc::new(CommandProjection),
     ]
 }
 

@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod cache;
+pub mod command;
 pub mod event_sourcing;
+pub mod mediator;
 pub mod memento;
 pub mod owner;
 pub mod query;
@@ -91,6 +93,8 @@ pub type ReadApis = (
     memento::MementoReadApi,
     repository::RepositoryReadApi,
     event_sourcing::EventSourcingReadApi,
+    mediator::MediatorReadApi,
+    command::CommandReadApi,
     admin::AdminApi,
 );
 
@@ -104,6 +108,12 @@ pub fn openapi(state: ReadState) -> OpenApiService<ReadApis, ()> {
                 state: state.clone(),
             },
             event_sourcing::EventSourcingReadApi {
+                state: state.clone(),
+            },
+            mediator::MediatorReadApi {
+                state: state.clone(),
+            },
+            command::CommandReadApi {
                 state: state.clone(),
             },
             admin::AdminApi { state },

@@ -30,6 +30,16 @@ fn context_of(path: &str) -> Option<&'static str> {
 /// The least role a route needs.
 fn required_role(side: Side, method: &Method, path: &str) -> Role {
     match side {
+        // The command context's management: handler registry, resets, clearing.
+        Side::Write
+            if path.starts_with("/commands/handlers")
+                || path == "/commands/metrics/reset"
+                || path == "/commands/circuit-breaker/reset"
+                || path == "/commands/history"
+                || (path == "/commands/queue" && method == Method::DELETE) =>
+        {
+            Role::Admin
+        }
         Side::Write => Role::Writer,
         Side::Read if path.starts_with("/projections") && method != Method::GET => Role::Admin,
         Side::Read if path == "/repositories/cache/warm" => Role::Writer,

@@ -20,10 +20,12 @@ use kernel::KernelResult;
 use web::ApiError;
 
 /// The contexts that take commands (a route belongs to the context `context_of_route` says).
-pub const COMMAND_CONTEXTS: [Context; 3] = [
+pub const COMMAND_CONTEXTS: [Context; 5] = [
     Context::Memento,
     Context::Repository,
+    Context::Mediator,
     Context::EventSourcing,
+    Context::Command,
 ];
 
 /// Largest command accepted from a topic, as over HTTP the body limit applies on top.

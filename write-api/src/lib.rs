@@ -2,15 +2,19 @@
 //! the kernel's engine, and answer only after the event store has committed, with the
 //! committed global `position` (body and `X-Quintet-Position`).
 
+pub mod command;
 pub mod event_sourcing;
 pub mod ingress;
 pub mod jobs;
+pub mod mediator;
 pub mod memento;
 pub mod repository;
 pub mod write;
 
 use kernel::config::Settings;
+use kernel::domain::command::CommandPolicy;
 use kernel::domain::event_sourcing::EventSourcingPolicy;
+use kernel::domain::mediator::MediatorPolicy;
 use kernel::domain::memento::MementoPolicy;
 use kernel::engine::Engine;
 use poem::{Endpoint, Response, Route};
@@ -24,6 +28,8 @@ pub struct WriteState {
     pub engine: Engine,
     pub memento: MementoPolicy,
     pub event_sourcing: EventSourcingPolicy,
+    pub mediator: MediatorPolicy,
+    pub command: CommandPolicy,
 }
 
 impl WriteState {
@@ -33,6 +39,8 @@ impl WriteState {
             engine,
             memento: settings.memento.policy(),
             event_sourcing: settings.event_sourcing.clone(),
+            mediator: settings.mediator.clone(),
+            command: settings.command.clone(),
         }
     }
 }
@@ -41,6 +49,8 @@ pub type WriteApis = (
     memento::MementoWriteApi,
     repository::RepositoryWriteApi,
     event_sourcing::EventSourcingWriteApi,
+    mediator::MediatorWriteApi,
+    command::CommandWriteApi,
 );
 
 pub fn openapi(state: WriteState) -> OpenApiService<WriteApis, ()> {
@@ -52,7 +62,13 @@ pub fn openapi(state: WriteState) -> OpenApiService<WriteApis, ()> {
             repository::RepositoryWriteApi {
                 state: state.clone(),
             },
-            event_sourcing::EventSourcingWriteApi { state },
+            event_sourcing::EventSourcingWriteApi {
+                state: state.clone(),
+            },
+            mediator::MediatorWriteApi {
+                state: state.clone(),
+            },
+            command::CommandWriteApi { state },
         ),
         "Quintet write API",
     )
@@ -69,9 +85,20 @@ pub fn app(
         &settings.security,
         JwtKeys::new(&settings.security),
         readiness,
-        |_, path| (Role::Writer, web::auth::context_of_route(path)),
+        route_policy,
         Route::new(),
     )
+}
+
+/// Writing needs a writer of the route's context; the command context's management
+/// routes (handler registry, resets, clearing) need an admin.
+fn route_policy(method: &poem::http::Method, path: &str) -> (Role, Option<&'static str>) {
+    let role = if command::is_admin_route(method, path) {
+        Role::Admin
+    } else {
+        Role::Writer
+    };
+    (role, web::auth::context_of_route(path))
 }
 
 /// Readiness of the write side: the event store and the snapshot store answer.
@@ -119,6 +146,8 @@ pub async fn serve(
             shutdown.clone().wait(),
         ));
     }
+    // Queued and scheduled commands run from the store, so a restart loses none.
+    tokio::spawn(command::run_dispatcher(state.clone(), shutdown.clone()));
     let app = app(state, settings, readiness(backends));
     web::server::run(listener, app, shutdown.wait()).await
 }

@@ -288,7 +288,7 @@ fn email_reservation(value: String, owner: &str) -> Reservation {
 }
 
 /// Adds a user's decision with the email reservations its events claim and give back.
-fn push_user(uow: &mut UnitOfWork, decision: Decision<User>) -> Result<(), KernelError> {
+pub(crate) fn push_user(uow: &mut UnitOfWork, decision: Decision<User>) -> Result<(), KernelError> {
     for event in &decision.events {
         let claims = email_claims(event);
         if let Some(old) = claims.release {
@@ -335,7 +335,11 @@ async fn decide_owned_payment(
 }
 
 /// Fails with a 422 naming `field` unless `user_id` names a live user.
-async fn require_user(engine: &Engine, field: &str, user_id: &str) -> Result<(), KernelError> {
+pub(crate) async fn require_user(
+    engine: &Engine,
+    field: &str,
+    user_id: &str,
+) -> Result<(), KernelError> {
     let missing = || DomainError::invalid(field, format!("user {user_id} does not exist"));
     if !is_valid_id(user_id) {
         return Err(missing().into());
@@ -348,7 +352,7 @@ async fn require_user(engine: &Engine, field: &str, user_id: &str) -> Result<(),
 }
 
 /// Reports a product's refusal under the item it came from (`items[1].quantity`).
-fn for_item(index: usize) -> impl Fn(KernelError) -> KernelError {
+pub(crate) fn for_item(index: usize) -> impl Fn(KernelError) -> KernelError {
     move |err| match err {
         KernelError::Rejected(domain) => {
             KernelError::Rejected(nest_field(domain, &format!("items[{index}]")))

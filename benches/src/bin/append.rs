@@ -217,6 +217,13 @@ async fn connect(backend: &str) -> (Arc<dyn EventStore>, String) {
             .execute(&mut admin)
             .await
             .expect("create database");
+        // Durability is what makes the figure honest: every commit must reach the disk.
+        let flush: String =
+            sqlx::query_scalar("SELECT CAST(@@innodb_flush_log_at_trx_commit AS CHAR)")
+                .fetch_one(&mut admin)
+                .await
+                .expect("read innodb_flush_log_at_trx_commit");
+        println!("mysql: innodb_flush_log_at_trx_commit={flush}");
         let url = format!("{base}/{name}");
         let store = MySqlEventStore::connect(&url, 32).await.expect("connect");
         store.migrate().await.expect("migrate");

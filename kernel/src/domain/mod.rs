@@ -1,7 +1,9 @@
 //! The domain: aggregates, commands, events and projections of the five contexts.
 //! Pure code: no I/O, no adapters, only `cqrs_es` traits and serde.
 
+pub mod command;
 pub mod event_sourcing;
+pub mod mediator;
 pub mod memento;
 pub mod projection;
 pub mod repository;
@@ -70,6 +72,8 @@ impl Context {
             memento::CARETAKER | memento::ORIGINATOR => Context::Memento,
             t if repository::owns(t) => Context::Repository,
             t if event_sourcing::owns(t) => Context::EventSourcing,
+            t if mediator::owns(t) => Context::Mediator,
+            t if command::owns(t) => Context::Command,
             _ => Context::System,
         }
     }
@@ -86,6 +90,8 @@ pub fn aggregate_types() -> Vec<&'static str> {
         repository::PRODUCT,
         event_sourcing::SNAPSHOT_LOG,
     ];
+    types.extend(mediator::AGGREGATE_TYPES);
+    types.extend(command::AGGREGATE_TYPES);
     types.extend(
         event_sourcing::AggregateKind::ALL
             .iter()
@@ -124,6 +130,8 @@ pub fn upcast(
         t if event_sourcing::owns(t) => {
             event_sourcing::upcast(t, event_type, event_version, payload)
         }
+        t if mediator::owns(t) => mediator::upcast(t, event_type, event_version, payload),
+        t if command::owns(t) => command::upcast(t, event_type, event_version, payload),
         _ => Ok(payload),
     }
 }

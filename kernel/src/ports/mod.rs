@@ -59,6 +59,21 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Whether the backend answers.
     async fn ping(&self) -> KernelResult<()>;
+
+    /// The reservations held in `scope` whose value is above `after`, in value order, at
+    /// most `limit` (the command context lists its pending queued and scheduled commands
+    /// this way). A store that keeps no reservations answers with an error.
+    async fn reservations(
+        &self,
+        scope: &str,
+        after: &str,
+        limit: u32,
+    ) -> KernelResult<Vec<crate::envelope::Reservation>> {
+        let _ = (scope, after, limit);
+        Err(crate::error::KernelError::storage(
+            "this event store cannot list reservations",
+        ))
+    }
 }
 
 /// Which events an event-log query returns; every field that is set must match.

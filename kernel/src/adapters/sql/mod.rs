@@ -715,6 +715,33 @@ macro_rules! sql_event_store {
                     .transpose()
             }
 
+            async fn reservations(
+                &self,
+                scope: &str,
+                after: &str,
+                limit: u32,
+            ) -> $crate::error::KernelResult<Vec<$crate::envelope::Reservation>> {
+                let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT value, owner FROM reservations WHERE scope = ? AND value > ? \
+                     ORDER BY value LIMIT ?",
+                )
+                .bind(scope)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await
+                .map_err($crate::error::KernelError::storage)?;
+                rows.into_iter()
+                    .map(|(value, owner)| {
+                        Ok($crate::envelope::Reservation {
+                            scope: scope.to_string(),
+                            value: $crate::adapters::sql::text(value)?,
+                            owner: $crate::adapters::sql::text(owner)?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn ping(&self) -> $crate::error::KernelResult<()> {
                 for pool in [self.reader(), self.writer()] {
                     sqlx::query("SELECT 1")
