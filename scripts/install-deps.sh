@@ -23,6 +23,9 @@ if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
   cargo install tansu --locked --features dynostore,libsql
 fi
 
+# schemathesis (PyPI) checks the running APIs against their OpenAPI specs in CI.
+command -v st >/dev/null || pip install -q schemathesis
+
 if ! command -v cargo-nextest >/dev/null; then
   echo "install-deps: cargo install cargo-nextest"
   cargo install cargo-nextest --locked

@@ -451,6 +451,7 @@ impl Touched {
             for op in ops {
                 match op {
                     DocOp::Upsert { collection, id, .. }
+                    | DocOp::InsertIfAbsent { collection, id, .. }
                     | DocOp::Merge { collection, id, .. }
                     | DocOp::Increment { collection, id, .. }
                     | DocOp::Delete { collection, id } => {

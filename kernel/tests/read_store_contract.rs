@@ -159,6 +159,133 @@ mod scenarios {
         );
     }
 
+    fn insert_if_absent(collection: &str, id: &str, doc: Value) -> DocOp {
+        DocOp::InsertIfAbsent {
+            collection: collection.into(),
+            id: id.into(),
+            doc,
+        }
+    }
+
+    pub async fn insert_if_absent_creates_only_missing_documents(store: &dyn ReadStore) {
+        let zero = json!({"id": "k", "count": 0, "buckets": {}});
+        ops(store, vec![insert_if_absent("counters", "k", zero.clone())]).await;
+        assert_eq!(
+            get(store, "counters", "k").await,
+            Some(zero.clone()),
+            "absent: created"
+        );
+        ops(
+            store,
+            vec![
+                increment("counters", "k", "count", 2.0),
+                insert_if_absent("counters", "k", json!({"id": "k", "other": true})),
+            ],
+        )
+        .await;
+        assert_eq!(
+            get(store, "counters", "k").await,
+            Some(json!({"id": "k", "count": 2, "buckets": {}})),
+            "present: untouched"
+        );
+        // The counter pattern: create if absent, then increment, in one apply.
+        let bump = |id: &str| {
+            vec![
+                insert_if_absent("counters", id, json!({"id": id, "count": 0, "buckets": {}})),
+                increment("counters", id, "count", 1.0),
+                increment("counters", id, "buckets.b17", 1.0),
+            ]
+        };
+        ops(store, [bump("k"), bump("fresh"), bump("fresh")].concat()).await;
+        assert_eq!(
+            get(store, "counters", "k").await,
+            Some(json!({"id": "k", "count": 3, "buckets": {"b17": 1}}))
+        );
+        assert_eq!(
+            get(store, "counters", "fresh").await,
+            Some(json!({"id": "fresh", "count": 2, "buckets": {"b17": 2}}))
+        );
+        // Same id, other collection: created there.
+        ops(
+            store,
+            vec![insert_if_absent("other", "k", json!({"id": "k"}))],
+        )
+        .await;
+        assert_eq!(get(store, "other", "k").await, Some(json!({"id": "k"})));
+        // Part of an apply that fails: not created.
+        let failed = store
+            .apply(
+                "contract",
+                vec![
+                    insert_if_absent("counters", "never", json!({"id": "never"})),
+                    increment("counters", "k", "count", f64::NAN),
+                ],
+                vec![],
+                0,
+            )
+            .await;
+        assert!(failed.is_err(), "a NaN increment fails the apply");
+        assert_eq!(get(store, "counters", "never").await, None);
+    }
+
+    /// Counters shared by many aggregates (create if absent, then increment; a reset from
+    /// another aggregate upserts zero) count every event once, whatever the redelivery.
+    pub async fn shared_counters_count_each_event_once(store: &dyn ReadStore) {
+        let bump = |key: &str, sequence: u64, position: u64| {
+            projected(
+                key,
+                sequence,
+                position,
+                Ok(vec![
+                    insert_if_absent("m", "t", json!({"id": "t", "count": 0, "reset": null})),
+                    increment("m", "t", "count", 1.0),
+                    increment("m", "t", "buckets.b3", 1.0),
+                ]),
+            )
+        };
+        let batch = vec![
+            bump("cmd/1", 1, 1),
+            bump("cmd/2", 1, 2),
+            bump("cmd/1", 2, 3),
+        ];
+        let (x, y) = tokio::join!(
+            store.apply_projected("sc", batch.clone(), 3),
+            store.apply_projected("sc", batch.clone(), 3),
+        );
+        x.expect("first delivery");
+        y.expect("second delivery");
+        store
+            .apply_projected("sc", batch, 3)
+            .await
+            .expect("redelivery");
+        assert_eq!(
+            get(store, "m", "t").await,
+            Some(json!({"id": "t", "count": 3, "reset": null, "buckets": {"b3": 3}}))
+        );
+        let reset = projected(
+            "metrics/1",
+            1,
+            4,
+            Ok(vec![upsert(
+                "m",
+                "t",
+                json!({"id": "t", "count": 0, "reset": "r1"}),
+            )]),
+        );
+        let after = vec![reset, bump("cmd/3", 1, 5)];
+        let (x, y) = tokio::join!(
+            store.apply_projected("sc", after.clone(), 5),
+            store.apply_projected("sc", after.clone(), 5),
+        );
+        x.expect("first delivery");
+        y.expect("second delivery");
+        assert_eq!(
+            get(store, "m", "t").await,
+            Some(json!({"id": "t", "count": 1, "reset": "r1", "buckets": {"b3": 1}}))
+        );
+        assert_eq!(store.checkpoint("sc").await.expect("checkpoint"), 5);
+    }
+
     pub async fn delete_removes_one_document(store: &dyn ReadStore) {
         ops(
             store,
@@ -1338,6 +1465,8 @@ macro_rules! all_scenarios {
                 upsert_replaces_whole_document,
                 merge_patches_existing_and_skips_absent,
                 increment_adds_at_dotted_paths,
+                insert_if_absent_creates_only_missing_documents,
+                shared_counters_count_each_event_once,
                 delete_removes_one_document,
                 delete_where_matches_field_and_type,
                 tombstone_where_replaces_matches,

@@ -755,11 +755,13 @@ async fn a_poison_event_parks_only_its_aggregate_in_the_worker() {
     eprintln!("poison: {written} events and 2 poisoned ones; 2 parked, the rest applied");
 }
 
-/// The repository and event-sourcing contexts flow through Kafka too: `projector --all`
-/// builds their read models from their own topics.
+/// The repository, event-sourcing, mediator and command contexts flow through Kafka too:
+/// `projector --all` builds their read models from their own topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_context_reaches_its_read_model_through_kafka() {
+    use kernel::domain::command::{Command, CommandOp, CommandSource, CommandType};
     use kernel::domain::event_sourcing::{EventSourcingPolicy, GenericCommand, UserAggregate};
+    use kernel::domain::mediator::{Mediator, MediatorCommand};
     use kernel::domain::repository::{User, UserCommand};
 
     let world = World::new().await;
@@ -800,6 +802,35 @@ async fn every_context_reaches_its_read_model_through_kafka() {
         )
         .await
         .expect("create an event-sourcing aggregate");
+    engine
+        .execute::<Mediator, _>(
+            "m-kafka",
+            || MediatorCommand::CreateMediator {
+                name: "m-kafka".into(),
+                description: None,
+                metadata: Default::default(),
+                at,
+            },
+            &(),
+            &ctx,
+        )
+        .await
+        .expect("create a mediator");
+    engine
+        .execute::<Command, _>(
+            "c-kafka",
+            || CommandOp::Queue {
+                command_id: "c-kafka".into(),
+                command_type: CommandType::System,
+                payload: json!({ "action": "backup", "parameters": {} }),
+                source: CommandSource::Queue,
+                at,
+            },
+            &(),
+            &ctx,
+        )
+        .await
+        .expect("queue a command");
     let head = engine.store().head_position().await.expect("head");
 
     let read = world.read_store().await;
@@ -814,6 +845,16 @@ async fn every_context_reaches_its_read_model_through_kafka() {
             "event-sourcing",
             kernel::domain::event_sourcing::projection::AGGREGATES,
             "es-kafka",
+        ),
+        (
+            "mediator",
+            kernel::domain::mediator::projection::MEDIATORS,
+            "m-kafka",
+        ),
+        (
+            "command",
+            kernel::domain::command::read_model::COMMANDS,
+            "c-kafka",
         ),
     ] {
         loop {

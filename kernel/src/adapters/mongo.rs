@@ -17,14 +17,16 @@
 //!   for the event's aggregate to be below (sequence, op index), and it sets that mark in the
 //!   same single-document update. A redelivered event (a crash between its ops and its
 //!   version, or two appliers at once) re-runs only ops that did not take effect; an upsert
-//!   that finds its document already marked fails with a duplicate key and counts as done.
+//!   or insert-if-absent that finds its document already marked fails with a duplicate key
+//!   and counts as done.
 //! - Ops run before versions, versions before the checkpoint (`$max`, so they never move
 //!   back): a crash leaves the version and checkpoint behind the effects, never ahead, and the
 //!   redelivery completes the batch. So a read model converges to a fresh replay.
 //! - Parked entries are written before the effects and are idempotent by id.
 //! - Not covered: a redelivered delete of a document that another aggregate re-created in
 //!   between. Quintet's projections only share documents between aggregates through forget
-//!   tombstones, which are terminal.
+//!   tombstones, which are terminal, and through counters (command metrics), which are never
+//!   deleted.
 //! - Readers may see a batch half applied for the duration of the apply.
 //!
 //! Generations: `collection` at generation 0, `collection__g{N}` after; the `_generations`
@@ -376,7 +378,7 @@ impl Statement {
 
 fn validate_op(op: &DocOp) -> KernelResult<()> {
     match op {
-        DocOp::Upsert { doc, .. } => {
+        DocOp::Upsert { doc, .. } | DocOp::InsertIfAbsent { doc, .. } => {
             if !doc.is_object() {
                 return Err(KernelError::Storage("a document must be an object".into()));
             }
@@ -431,6 +433,29 @@ fn statement(op: &DocOp, target: &Target, mark: Option<&Mark>) -> KernelResult<O
                 statement: doc! {
                     "q": Mark::guard(mark, doc! { "_id": id.as_str() }),
                     "u": stages,
+                    "upsert": true,
+                },
+                marked_upsert: mark.is_some(),
+            }
+        }
+        DocOp::InsertIfAbsent {
+            collection,
+            id,
+            doc,
+        } => {
+            // `$setOnInsert` changes nothing in a document that exists. Guarded like an
+            // upsert: once marked, the filter misses, the insert hits the duplicate key, and
+            // that counts as done.
+            let mut on_insert = doc! { "d": to_bson(doc) };
+            match mark {
+                Some(mark) => on_insert.insert(mark.field.clone(), mark.value),
+                None => on_insert.insert("_ev", Document::new()),
+            };
+            Statement::Update {
+                collection: target.physical(collection),
+                statement: doc! {
+                    "q": Mark::guard(mark, doc! { "_id": id.as_str() }),
+                    "u": { "$setOnInsert": on_insert },
                     "upsert": true,
                 },
                 marked_upsert: mark.is_some(),

@@ -340,10 +340,21 @@ impl SqliteReadStore {
 
     /// Runs the read store's own migrations (`migrations/read-sqlite`).
     pub async fn migrate(&self) -> KernelResult<()> {
-        sqlx::migrate!("../migrations/read-sqlite")
-            .run(&self.writer)
-            .await
-            .map_err(KernelError::storage)
+        // Several processes (read-api, projectors, replay) may open one file at once, and
+        // sqlx has no migration lock for SQLite: the loser of a race fails on the version
+        // the winner recorded, and a second run then finds every migration applied.
+        let migrator = sqlx::migrate!("../migrations/read-sqlite");
+        let mut attempt = 0;
+        loop {
+            match migrator.run(&self.writer).await {
+                Ok(()) => return Ok(()),
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(err) => return Err(KernelError::storage(err)),
+            }
+        }
     }
 
     /// Closes both pools, waiting for checked-out connections to come back.
@@ -601,6 +612,18 @@ async fn apply_op(conn: &mut SqliteConnection, target: &Target, op: &DocOp) -> K
             doc,
         } => {
             sqlx::query(UPSERT_DOC)
+                .bind(target.physical(collection))
+                .bind(id.as_str())
+                .bind(serde_json::to_string(doc)?)
+                .execute(&mut *conn)
+                .await
+        }
+        DocOp::InsertIfAbsent {
+            collection,
+            id,
+            doc,
+        } => {
+            sqlx::query(INSERT_DOC_IF_ABSENT)
                 .bind(target.physical(collection))
                 .bind(id.as_str())
                 .bind(serde_json::to_string(doc)?)

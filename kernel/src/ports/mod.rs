@@ -168,6 +168,13 @@ pub enum DocOp {
         id: String,
         doc: Value,
     },
+    /// Create a document only if none has this id; an existing one is left as it is. With
+    /// `Increment` after it, a counter that needs no event to create it first.
+    InsertIfAbsent {
+        collection: String,
+        id: String,
+        doc: Value,
+    },
     /// Set top-level fields of an existing document, each value replaced whole (a `null`
     /// stores null; nested objects are not merged); no-op if the document is absent.
     Merge {
