@@ -11,10 +11,10 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Tags};
 use serde_json::{json, Value};
 
-use kernel::domain::command::projection::{PROJECTION_NAME, RESET_KIND, SAMPLE_KIND};
+use kernel::domain::command::projection::{COUNTER_KIND, PROJECTION_NAME};
 use kernel::domain::command::read_model::{
-    default_description, is_command_type, is_status, text, LatencyHistogram, AUDIT, COMMANDS,
-    COMMAND_TYPES, HANDLERS, HISTORY, METRICS,
+    count_of, default_description, is_command_type, is_status, text, LatencyHistogram, AUDIT,
+    BUCKETS_FIELD, COMMANDS, COMMAND_TYPES, HANDLERS, HISTORY, METRICS,
 };
 use kernel::domain::memento::projection::rfc3339;
 use kernel::ports::DocQuery;
@@ -117,13 +117,6 @@ pub struct MetricsList {
 
 pub struct CommandReadApi {
     pub state: ReadState,
-}
-
-/// Folds latency samples per type.
-#[derive(Default)]
-struct TypeMetrics {
-    failures: u64,
-    histogram: LatencyHistogram,
 }
 
 fn unknown_type(field: &str, value: &str) -> ApiError {
@@ -260,36 +253,18 @@ impl CommandReadApi {
         Ok(views)
     }
 
-    /// Metrics of the given types (all eight when `only` is `None`).
+    /// Metrics of the given types (all eight when `only` is `None`): one counter document
+    /// per type, however many runs it counts.
     async fn metrics(&self, only: Option<&str>) -> ApiResult<Vec<MetricsView>> {
-        let mut filter = vec![("kind".to_string(), json!(SAMPLE_KIND))];
+        let mut filter = vec![("kind".to_string(), json!(COUNTER_KIND))];
         if let Some(command_type) = only {
             filter.push(("command_type".into(), json!(command_type)));
         }
-        let mut per_type: BTreeMap<String, TypeMetrics> = BTreeMap::new();
-        for sample in self.all(METRICS, filter).await? {
-            let Some(command_type) = text(&sample, "command_type") else {
-                continue;
-            };
-            let metrics = per_type.entry(command_type.to_string()).or_default();
-            let bucket = sample.get("bucket").and_then(Value::as_u64).unwrap_or(0);
-            metrics
-                .histogram
-                .add(usize::try_from(bucket).unwrap_or(usize::MAX), 1);
-            if sample.get("failed").and_then(Value::as_bool) == Some(true) {
-                metrics.failures += 1;
-            }
-        }
-        let resets: BTreeMap<String, String> = self
-            .all(METRICS, vec![("kind".into(), json!(RESET_KIND))])
+        let mut counters: BTreeMap<String, Value> = self
+            .all(METRICS, filter)
             .await?
-            .iter()
-            .filter_map(|doc| {
-                Some((
-                    text(doc, "reset_type")?.to_string(),
-                    text(doc, "last_reset_at")?.to_string(),
-                ))
-            })
+            .into_iter()
+            .filter_map(|doc| Some((text(&doc, "command_type")?.to_string(), doc)))
             .collect();
         let types: Vec<&str> = match only {
             Some(command_type) => vec![command_type],
@@ -297,26 +272,34 @@ impl CommandReadApi {
         };
         Ok(types
             .into_iter()
-            .map(|command_type| {
-                let metrics = per_type.remove(command_type).unwrap_or_default();
-                let count = metrics.histogram.total();
-                let ms = |p| metrics.histogram.percentile_us(p).map(|us| us / 1000.0);
-                MetricsView {
-                    command_type: command_type.to_string(),
-                    count,
-                    failures: metrics.failures,
-                    failure_rate: if count == 0 {
-                        0.0
-                    } else {
-                        metrics.failures as f64 / count as f64
-                    },
-                    p50_ms: ms(50.0),
-                    p95_ms: ms(95.0),
-                    p99_ms: ms(99.0),
-                    since: resets.get(command_type).cloned(),
-                }
-            })
+            .map(|command_type| metrics_view(command_type, counters.remove(command_type)))
             .collect())
+    }
+}
+
+/// A type's metrics from its counter document (none: nothing ran since the start).
+fn metrics_view(command_type: &str, counters: Option<Value>) -> MetricsView {
+    let counters = counters.unwrap_or(Value::Null);
+    let histogram = LatencyHistogram::from_counts(counters.get(BUCKETS_FIELD));
+    let count = count_of(counters.get("count"));
+    let failures = count_of(counters.get("failures"));
+    let ms = |p| {
+        let us = histogram.percentile_us(p).filter(|_| count > 0);
+        us.map(|us| us / 1000.0)
+    };
+    MetricsView {
+        command_type: command_type.to_string(),
+        count,
+        failures,
+        failure_rate: if count == 0 {
+            0.0
+        } else {
+            failures as f64 / count as f64
+        },
+        p50_ms: ms(50.0),
+        p95_ms: ms(95.0),
+        p99_ms: ms(99.0),
+        since: text(&counters, "last_reset_at").map(str::to_string),
     }
 }
 

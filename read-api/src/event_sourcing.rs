@@ -78,7 +78,7 @@ fn parse_time(field: &str, value: Option<&str>) -> ApiResult<Option<DateTime<Utc
 /// The `from` (inclusive) and `to` (exclusive) bounds of an event-log query.
 type TimeBounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
-fn time_bounds(from: Option<&str>, to: Option<&str>) -> ApiResult<TimeBounds> {
+pub(crate) fn time_bounds(from: Option<&str>, to: Option<&str>) -> ApiResult<TimeBounds> {
     let (from, to) = (parse_time("from", from)?, parse_time("to", to)?);
     if let (Some(from), Some(to)) = (from, to) {
         if from > to {

@@ -2,6 +2,7 @@
 //! (`min_position`), and a WebSocket stream of events with filters and gapless resume.
 
 pub mod admin;
+pub mod audit;
 pub mod cache;
 pub mod command;
 pub mod event_sourcing;
@@ -96,6 +97,7 @@ pub type ReadApis = (
     mediator::MediatorReadApi,
     command::CommandReadApi,
     admin::AdminApi,
+    audit::AuditApi,
 );
 
 pub fn openapi(state: ReadState) -> OpenApiService<ReadApis, ()> {
@@ -116,7 +118,10 @@ pub fn openapi(state: ReadState) -> OpenApiService<ReadApis, ()> {
             command::CommandReadApi {
                 state: state.clone(),
             },
-            admin::AdminApi { state },
+            admin::AdminApi {
+                state: state.clone(),
+            },
+            audit::AuditApi { state },
         ),
         "Quintet read API",
     )
@@ -140,9 +145,12 @@ pub fn app(
     )
 }
 
-/// Reading needs a reader of the route's context; the projection admin actions need an
-/// admin, and warming the cache a writer.
+/// Reading needs a reader of the route's context; the audit trail and the projection admin
+/// actions need an admin, and warming the cache a writer.
 fn route_policy(method: &poem::http::Method, path: &str) -> (Role, Option<&'static str>) {
+    if path == "/audit" {
+        return (Role::Admin, None);
+    }
     if path.starts_with("/projections") {
         let role = if method == poem::http::Method::GET {
             Role::Reader

@@ -42,6 +42,7 @@ fn required_role(side: Side, method: &Method, path: &str) -> Role {
         }
         Side::Write => Role::Writer,
         Side::Read if path.starts_with("/projections") && method != Method::GET => Role::Admin,
+        Side::Read if path == "/audit" => Role::Admin,
         Side::Read if path == "/repositories/cache/warm" => Role::Writer,
         Side::Read => Role::Reader,
     }

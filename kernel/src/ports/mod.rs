@@ -83,6 +83,8 @@ pub struct EventFilter {
     pub aggregate_types: Vec<String>,
     pub aggregate_id: Option<String>,
     pub event_type: Option<String>,
+    /// Only events recorded for this actor (a token subject).
+    pub actor: Option<String>,
     /// Only positions above this one (a cursor).
     pub after_position: u64,
     /// `recorded_at >= from`.

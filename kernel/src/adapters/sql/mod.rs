@@ -252,6 +252,10 @@ pub(crate) fn log_condition(filter: &crate::ports::EventFilter) -> (String, Vec<
         clauses.push("event_type = ?".into());
         binds.push(LogBind::Text(event_type.clone()));
     }
+    if let Some(actor) = &filter.actor {
+        clauses.push("actor = ?".into());
+        binds.push(LogBind::Text(actor.clone()));
+    }
     if let Some(from) = filter.from {
         clauses.push("recorded_at >= ?".into());
         binds.push(LogBind::Int(from.timestamp_micros()));

@@ -7,11 +7,13 @@
 //!   deletes them in one op.
 //! - `command_audit`: one immutable entry per event of the context (id: the event id); the
 //!   history clear leaves it alone.
-//! - `command_metrics`: one latency sample per executed or failed run (`kind: "sample"`, id
-//!   `<command_id>:<sequence>`, with its histogram bucket) and one `kind: "reset"` document
-//!   per type holding `last_reset_at`. Samples rather than per-type counters: `DocOp` has no
-//!   create-if-absent, and no event creates a type's counter document before its first
-//!   increment. Readers fold the samples into a [`read_model::LatencyHistogram`].
+//! - `command_metrics`: one counter document per command type (id: the type, `kind:
+//!   "counter"`) with `count`, `failures`, `total_latency_us`, the latency histogram's bucket
+//!   counts under `buckets` (`buckets.b<index>`, only buckets that have runs) and
+//!   `last_reset_at` (null until a reset). An executed or failed run creates the type's zero
+//!   document if it is absent, then increments it; a reset replaces it with a zero document
+//!   holding the reset time. So a metrics read costs one document per type, whatever the
+//!   number of runs. Readers turn the buckets into a [`read_model::LatencyHistogram`].
 //! - `command_handlers`: one document per handler that has events (id: its name); the eight
 //!   built-in handlers without one are registered, available and closed.
 //!
@@ -24,7 +26,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::read_model::{
-    default_description, latency_bucket, AUDIT, COMMANDS, COMMAND_TYPES, HANDLERS, HISTORY, METRICS,
+    bucket_field, default_description, latency_bucket, AUDIT, BUCKETS_FIELD, COMMANDS,
+    COMMAND_TYPES, HANDLERS, HISTORY, METRICS,
 };
 use crate::domain::memento::projection::rfc3339;
 use crate::domain::projection::{forgotten_aggregate, Projection, ProjectionError};
@@ -44,17 +47,10 @@ pub const HISTORY_AGGREGATE: &str = "command-history";
 
 /// `kind` of every history entry (what a history clear deletes).
 pub const HISTORY_KIND: &str = "history";
-/// `kind` of a latency sample in `command_metrics`.
-pub const SAMPLE_KIND: &str = "sample";
-/// `kind` of a type's reset marker in `command_metrics`.
-pub const RESET_KIND: &str = "reset";
+/// `kind` of a type's counter document in `command_metrics`.
+pub const COUNTER_KIND: &str = "counter";
 
 const COLLECTIONS: &[&str] = &[COMMANDS, HISTORY, AUDIT, METRICS, HANDLERS];
-
-/// The id of a type's reset marker in `command_metrics`.
-pub fn reset_doc_id(command_type: &str) -> String {
-    format!("reset:{command_type}")
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CommandProjection;
@@ -219,8 +215,8 @@ struct CommandStep {
     at: DateTime<Utc>,
     /// An outcome (executed, failed, undone) gets a history entry with these fields.
     history: Option<Map<String, Value>>,
-    /// Executed and failed runs are latency samples: (latency µs, failed).
-    sample: Option<(f64, bool)>,
+    /// Executed and failed runs count in the type's metrics: (latency µs, failed).
+    run: Option<(f64, bool)>,
 }
 
 /// The status a command event leads to, from its type alone.
@@ -262,8 +258,8 @@ fn command_ops(event: &RecordedEvent) -> Result<Vec<DocOp>, ProjectionError> {
     if let Some(history) = &step.history {
         ops.push(history_entry(event, &step, history.clone()));
     }
-    if let Some((latency_us, failed)) = step.sample {
-        ops.push(sample(event, &step, latency_us, failed));
+    if let (Some((latency_us, failed)), Some(command_type)) = (step.run, &step.command_type) {
+        ops.extend(count_run(command_type, latency_us, failed));
     }
     ops.push(audit_entry(
         event,
@@ -284,7 +280,7 @@ fn shredded_step(event: &RecordedEvent, status: &'static str) -> CommandStep {
         fields: fields(json!({ "shredded": true })),
         at: event.recorded_at,
         history: outcome.then(Map::new),
-        sample: None,
+        run: None,
     }
 }
 
@@ -305,7 +301,7 @@ fn parsed_step(
                 command_type: Some(e.command_type),
                 at: e.queued_at,
                 history: None,
-                sample: None,
+                run: None,
             }
         }
         "scheduled" => {
@@ -319,7 +315,7 @@ fn parsed_step(
                 command_type: Some(e.command_type),
                 at: e.scheduled_at,
                 history: None,
-                sample: None,
+                run: None,
             }
         }
         "executed" => {
@@ -341,7 +337,7 @@ fn parsed_step(
                 }))),
                 command_type: Some(e.command_type),
                 at: e.executed_at,
-                sample: Some((e.latency_us, false)),
+                run: Some((e.latency_us, false)),
             }
         }
         "failed" => {
@@ -362,7 +358,7 @@ fn parsed_step(
                 }))),
                 command_type: Some(e.command_type),
                 at: e.failed_at,
-                sample: Some((e.latency_us, true)),
+                run: Some((e.latency_us, true)),
             }
         }
         "cancelled" => {
@@ -376,7 +372,7 @@ fn parsed_step(
                 command_type: Some(e.command_type),
                 at: e.cancelled_at,
                 history: None,
-                sample: None,
+                run: None,
             }
         }
         _ => {
@@ -390,7 +386,7 @@ fn parsed_step(
                 history: Some(fields(json!({ "compensation": e.compensation }))),
                 command_type: Some(e.command_type),
                 at: e.undone_at,
-                sample: None,
+                run: None,
             }
         }
     };
@@ -434,7 +430,7 @@ fn command_doc(event: &RecordedEvent, step: &CommandStep) -> DocOp {
     }
 }
 
-/// The id of an outcome's history entry and latency sample.
+/// The id of an outcome's history entry.
 pub fn outcome_id(command_id: &str, sequence: u64) -> String {
     format!("{command_id}:{sequence}")
 }
@@ -460,21 +456,42 @@ fn history_entry(event: &RecordedEvent, step: &CommandStep, details: Map<String,
     }
 }
 
-fn sample(event: &RecordedEvent, step: &CommandStep, latency_us: f64, failed: bool) -> DocOp {
-    let id = outcome_id(&event.aggregate_id, event.sequence);
-    DocOp::Upsert {
+/// A type's counter document with nothing counted; `last_reset_at` is null or RFC 3339.
+pub fn zero_counters(command_type: &str, last_reset_at: Option<&str>) -> Value {
+    json!({
+        "id": command_type,
+        "kind": COUNTER_KIND,
+        "command_type": command_type,
+        "count": 0,
+        "failures": 0,
+        "total_latency_us": 0,
+        BUCKETS_FIELD: {},
+        "last_reset_at": last_reset_at,
+    })
+}
+
+/// One executed or failed run: the type's counters, created at zero if absent, go up.
+fn count_run(command_type: &str, latency_us: f64, failed: bool) -> Vec<DocOp> {
+    let increment = |field: String, by: f64| DocOp::Increment {
         collection: METRICS.into(),
-        id: id.clone(),
-        doc: json!({
-            "id": id,
-            "kind": SAMPLE_KIND,
-            "command_type": step.command_type,
-            "failed": failed,
-            "latency_us": latency_us,
-            "bucket": latency_bucket(latency_us),
-            "at": rfc3339(step.at),
-        }),
+        id: command_type.to_string(),
+        field,
+        by,
+    };
+    let mut ops = vec![
+        DocOp::InsertIfAbsent {
+            collection: METRICS.into(),
+            id: command_type.to_string(),
+            doc: zero_counters(command_type, None),
+        },
+        increment("count".into(), 1.0),
+    ];
+    if failed {
+        ops.push(increment("failures".into(), 1.0));
     }
+    ops.push(increment("total_latency_us".into(), latency_us));
+    ops.push(increment(bucket_field(latency_bucket(latency_us)), 1.0));
+    ops
 }
 
 /// The audit entry of any event of the context.
@@ -615,34 +632,16 @@ fn metrics_ops(event: &RecordedEvent) -> Result<Vec<DocOp>, ProjectionError> {
     };
     let e: MetricsReset = parse(event, data)?;
     let reset_at = rfc3339(e.reset_at);
-    let reset_marker = |command_type: &str| DocOp::Upsert {
+    // Upserts, not deletes: the counters are shared by every command of the type, and an
+    // upsert stays idempotent on redelivery where a delete would not (see `adapters::mongo`).
+    let reset = |command_type: &str| DocOp::Upsert {
         collection: METRICS.into(),
-        id: reset_doc_id(command_type),
-        doc: json!({
-            "id": reset_doc_id(command_type),
-            "kind": RESET_KIND,
-            "reset_type": command_type,
-            "last_reset_at": reset_at,
-        }),
+        id: command_type.to_string(),
+        doc: zero_counters(command_type, Some(&reset_at)),
     };
-    let mut ops = match &e.command_type {
-        Some(command_type) => vec![
-            DocOp::DeleteWhere {
-                collection: METRICS.into(),
-                field: "command_type".into(),
-                value: json!(command_type),
-            },
-            reset_marker(command_type),
-        ],
-        None => {
-            let mut ops = vec![DocOp::DeleteWhere {
-                collection: METRICS.into(),
-                field: "kind".into(),
-                value: json!(SAMPLE_KIND),
-            }];
-            ops.extend(COMMAND_TYPES.iter().map(|t| reset_marker(t)));
-            ops
-        }
+    let mut ops: Vec<DocOp> = match &e.command_type {
+        Some(command_type) => vec![reset(command_type)],
+        None => COMMAND_TYPES.iter().map(|t| reset(t)).collect(),
     };
     ops.push(audit_entry(
         event,
@@ -676,7 +675,7 @@ fn history_ops(event: &RecordedEvent) -> Vec<DocOp> {
 }
 
 /// A forgotten command leaves a tombstone, and its history entries (they hold its outcome)
-/// go; audit entries and latency samples hold nothing personal and stay.
+/// go; audit entries and the metrics counters hold nothing personal and stay.
 fn forget(aggregate_type: &str, aggregate_id: &str) -> Vec<DocOp> {
     if aggregate_type != COMMAND {
         return Vec::new();
@@ -698,7 +697,9 @@ fn forget(aggregate_type: &str, aggregate_id: &str) -> Vec<DocOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::command::read_model::LatencyHistogram;
     use crate::domain::projection::{AGGREGATE_FORGOTTEN, SYSTEM_AGGREGATE};
+    use std::collections::BTreeMap;
     use uuid::Uuid;
 
     const T0: &str = "2024-01-01T00:00:00Z";
@@ -738,6 +739,7 @@ mod tests {
         ops.iter()
             .filter(|op| match op {
                 DocOp::Upsert { collection: c, .. }
+                | DocOp::InsertIfAbsent { collection: c, .. }
                 | DocOp::Merge { collection: c, .. }
                 | DocOp::Increment { collection: c, .. }
                 | DocOp::Delete { collection: c, .. }
@@ -842,9 +844,9 @@ mod tests {
     }
 
     #[test]
-    fn executed_sets_the_outcome_history_and_a_sample() {
+    fn executed_sets_the_outcome_history_and_counts_the_run() {
         let ops = project(&executed("c1", 2, 1500.0));
-        assert_eq!(ops.len(), 4, "{ops:?}");
+        assert_eq!(ops.len(), 7, "{ops:?}");
         let patch = merged(only(&ops, COMMANDS));
         assert_eq!(patch["status"], "executed");
         assert_eq!(patch["result"], json!({"ok": true}));
@@ -862,13 +864,28 @@ mod tests {
         assert_eq!(history["latency_ms"], 1.5);
         assert_eq!(history["position"], 102);
         assert_eq!(history["at"], AT1);
-        let sample = upserted(only(&ops, METRICS));
+        let increment = |field: &str, by: f64| DocOp::Increment {
+            collection: METRICS.into(),
+            id: "payment".into(),
+            field: field.into(),
+            by,
+        };
         assert_eq!(
-            sample,
-            &json!({
-                "id": "c1:2", "kind": "sample", "command_type": "payment", "failed": false,
-                "latency_us": 1500.0, "bucket": latency_bucket(1500.0), "at": AT1,
-            })
+            op_in(&ops, METRICS),
+            vec![
+                &DocOp::InsertIfAbsent {
+                    collection: METRICS.into(),
+                    id: "payment".into(),
+                    doc: json!({
+                        "id": "payment", "kind": "counter", "command_type": "payment",
+                        "count": 0, "failures": 0, "total_latency_us": 0, "buckets": {},
+                        "last_reset_at": null,
+                    }),
+                },
+                &increment("count", 1.0),
+                &increment("total_latency_us", 1500.0),
+                &increment(&format!("buckets.b{}", latency_bucket(1500.0)), 1.0),
+            ]
         );
         // A synchronous run is the command's first event: it creates the document.
         let ops = project(&executed("c2", 1, 10.0));
@@ -899,9 +916,18 @@ mod tests {
         let history = upserted(only(&ops, HISTORY));
         assert_eq!(history["outcome"], "failed");
         assert_eq!(history["error"]["status"], 422);
-        let sample = upserted(only(&ops, METRICS));
-        assert_eq!(sample["failed"], true);
-        assert_eq!(sample["command_type"], "refund");
+        let metrics = op_in(&ops, METRICS);
+        assert!(
+            matches!(metrics[0], DocOp::InsertIfAbsent { id, .. } if id == "refund"),
+            "{metrics:?}"
+        );
+        assert!(metrics.contains(&&DocOp::Increment {
+            collection: METRICS.into(),
+            id: "refund".into(),
+            field: "failures".into(),
+            by: 1.0,
+        }));
+        assert_eq!(metrics.len(), 5, "count, failures, latency and bucket");
 
         let scheduled = recorded(
             COMMAND,
@@ -970,7 +996,10 @@ mod tests {
         let ops = project(&recorded(COMMAND, "c1", 2, "command.executed", None));
         assert_eq!(merged(only(&ops, COMMANDS))["status"], "executed");
         assert_eq!(upserted(only(&ops, HISTORY))["outcome"], "executed");
-        assert!(op_in(&ops, METRICS).is_empty(), "no latency to sample");
+        assert!(
+            op_in(&ops, METRICS).is_empty(),
+            "no type or latency to count"
+        );
         let audit = upserted(only(&ops, AUDIT));
         assert_eq!(audit["at"], "2024-01-02T00:00:00.000000Z");
         assert_eq!(audit["command_type"], Value::Null);
@@ -1136,18 +1165,14 @@ mod tests {
         ));
         assert_eq!(
             op_in(&ops, METRICS),
-            vec![
-                &DocOp::DeleteWhere {
-                    collection: METRICS.into(),
-                    field: "command_type".into(),
-                    value: json!("order"),
-                },
-                &DocOp::Upsert {
-                    collection: METRICS.into(),
-                    id: "reset:order".into(),
-                    doc: json!({"id": "reset:order", "kind": "reset", "reset_type": "order", "last_reset_at": AT1}),
-                },
-            ]
+            vec![&DocOp::Upsert {
+                collection: METRICS.into(),
+                id: "order".into(),
+                doc: json!({
+                    "id": "order", "kind": "counter", "command_type": "order", "count": 0,
+                    "failures": 0, "total_latency_us": 0, "buckets": {}, "last_reset_at": AT1,
+                }),
+            }]
         );
         assert_eq!(upserted(only(&ops, AUDIT))["command_type"], "order");
 
@@ -1159,23 +1184,10 @@ mod tests {
             Some(json!({"command_type": null, "reset_at": T1})),
         ));
         let metrics = op_in(&ops, METRICS);
-        assert_eq!(metrics.len(), 9);
-        assert_eq!(
-            metrics[0],
-            &DocOp::DeleteWhere {
-                collection: METRICS.into(),
-                field: "kind".into(),
-                value: json!("sample"),
-            }
-        );
-        for (op, command_type) in metrics[1..].iter().zip(COMMAND_TYPES) {
-            assert_eq!(upserted(op)["reset_type"], command_type);
-            assert_eq!(upserted(op)["last_reset_at"], AT1);
+        assert_eq!(metrics.len(), 8);
+        for (op, command_type) in metrics.iter().zip(COMMAND_TYPES) {
+            assert_eq!(upserted(op), &zero_counters(command_type, Some(AT1)));
         }
-        // Reset markers never match a type's sample delete.
-        assert!(metrics[1..]
-            .iter()
-            .all(|op| upserted(op).get("command_type").is_none()));
         assert!(CommandProjection
             .project(&recorded(
                 METRICS_AGGREGATE,
@@ -1185,6 +1197,125 @@ mod tests {
                 Some(json!({"reset_at": 5}))
             ))
             .is_err());
+        // A shredded reset is audited only.
+        let ops = project(&recorded(
+            METRICS_AGGREGATE,
+            "metrics",
+            4,
+            "command.metrics_reset",
+            None,
+        ));
+        assert!(op_in(&ops, METRICS).is_empty(), "{ops:?}");
+    }
+
+    /// Applies ops the way the read stores do (`InsertIfAbsent` only creates, `Increment`
+    /// adds at a dotted path of an existing document): the counters a reader would see.
+    fn counters_after(events: &[RecordedEvent]) -> BTreeMap<String, Value> {
+        let mut docs: BTreeMap<String, Value> = BTreeMap::new();
+        for op in events.iter().flat_map(project) {
+            match op {
+                DocOp::InsertIfAbsent {
+                    collection,
+                    id,
+                    doc,
+                } if collection == METRICS => {
+                    docs.entry(id).or_insert(doc);
+                }
+                DocOp::Upsert {
+                    collection,
+                    id,
+                    doc,
+                } if collection == METRICS => {
+                    docs.insert(id, doc);
+                }
+                DocOp::Increment {
+                    collection,
+                    id,
+                    field,
+                    by,
+                } if collection == METRICS => {
+                    let Some(mut at) = docs.get_mut(&id) else {
+                        continue;
+                    };
+                    for key in field.split('.') {
+                        at = at
+                            .as_object_mut()
+                            .expect("object")
+                            .entry(key)
+                            .or_insert(json!(0));
+                    }
+                    *at = json!(at.as_f64().expect("number") + by);
+                }
+                other => assert!(op_in(&[other.clone()], METRICS).is_empty(), "{other:?}"),
+            }
+        }
+        docs
+    }
+
+    #[test]
+    fn counters_fold_runs_and_start_over_at_a_reset() {
+        let failed = |id: &str, sequence: u64, latency_us: f64| {
+            recorded(
+                COMMAND,
+                id,
+                sequence,
+                "command.failed",
+                Some(json!({
+                    "command_type": "payment", "error": {}, "latency_us": latency_us,
+                    "failed_at": T1,
+                })),
+            )
+        };
+        let reset = |sequence: u64, command_type: Value| {
+            recorded(
+                METRICS_AGGREGATE,
+                "metrics",
+                sequence,
+                "command.metrics_reset",
+                Some(json!({"command_type": command_type, "reset_at": T1})),
+            )
+        };
+        let mut events: Vec<RecordedEvent> = (1..=90)
+            .map(|i| executed(&format!("c{i}"), 1, 100.0))
+            .collect();
+        events.extend((1..=10).map(|i| failed(&format!("f{i}"), 1, 1e6)));
+        let counters = counters_after(&events);
+        assert_eq!(counters.len(), 1, "{counters:?}");
+        let payment = &counters["payment"];
+        assert_eq!(payment["count"], json!(100.0));
+        assert_eq!(payment["failures"], json!(10.0));
+        assert_eq!(
+            payment["total_latency_us"],
+            json!(90.0 * 100.0 + 10.0 * 1e6)
+        );
+        assert_eq!(payment["last_reset_at"], Value::Null);
+        let histogram = LatencyHistogram::from_counts(payment.get("buckets"));
+        assert_eq!(histogram.total(), 100);
+        assert!(histogram.percentile_us(50.0).expect("runs") < 120.0);
+        assert!(histogram.percentile_us(95.0).expect("runs") > 9e5);
+
+        // A reset of another type leaves payment alone; a reset of payment starts it over.
+        events.push(reset(1, json!("order")));
+        assert_eq!(counters_after(&events)["payment"], *payment);
+        assert_eq!(
+            counters_after(&events)["order"],
+            zero_counters("order", Some(AT1))
+        );
+        events.push(reset(2, json!("payment")));
+        events.push(executed("late", 1, 2000.0));
+        let payment = &counters_after(&events)["payment"];
+        assert_eq!(payment["count"], json!(1.0));
+        assert_eq!(payment["failures"], json!(0));
+        assert_eq!(payment["last_reset_at"], AT1);
+        assert_eq!(
+            LatencyHistogram::from_counts(payment.get("buckets")).total(),
+            1
+        );
+        // A reset of all zeroes every type, payment included.
+        events.push(reset(3, Value::Null));
+        let counters = counters_after(&events);
+        assert_eq!(counters.len(), COMMAND_TYPES.len());
+        assert_eq!(counters["payment"], zero_counters("payment", Some(AT1)));
     }
 
     #[test]

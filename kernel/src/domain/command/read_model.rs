@@ -13,6 +13,9 @@
 //! - the last bucket holds everything from `r^(BUCKET_COUNT−2)` µs (2^40 µs, about 12.7 days)
 //!   up.
 //!
+//! Each type's counter document keeps the count of each bucket that has any at
+//! `buckets.b<index>` ([`bucket_field`]); [`LatencyHistogram::from_counts`] reads them back.
+//!
 //! A percentile is the nearest-rank sample's bucket, reported as the bucket's geometric
 //! midpoint `r^(i−½)`. The true nearest-rank value lies in that bucket, so the estimate is
 //! within a factor `√r ≈ 1.0905` of it: **relative error ≤ 9.05 %** ([`RELATIVE_ERROR_BOUND`]),
@@ -25,7 +28,8 @@ use serde_json::Value;
 pub const COMMANDS: &str = "command_commands";
 pub const HISTORY: &str = "command_history";
 pub const AUDIT: &str = "command_audit";
-/// Latency samples (one per executed or failed run) and each type's last reset.
+/// One counter document per command type (id: the type): runs, failures, total latency,
+/// latency histogram and last reset.
 pub const METRICS: &str = "command_metrics";
 pub const HANDLERS: &str = "command_handlers";
 
@@ -101,6 +105,25 @@ pub fn bucket_value_us(bucket: usize) -> f64 {
     }
 }
 
+/// The object of a counter document holding its bucket counts.
+pub const BUCKETS_FIELD: &str = "buckets";
+
+/// The dotted path of a bucket's count in a counter document: `buckets.b17`.
+pub fn bucket_field(bucket: usize) -> String {
+    format!("{BUCKETS_FIELD}.b{}", bucket.min(BUCKET_COUNT - 1))
+}
+
+/// A whole, non-negative count stored in a document (0 if absent or not a number).
+pub fn count_of(value: Option<&Value>) -> u64 {
+    match value {
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64))
+            .unwrap_or(0),
+        None => 0,
+    }
+}
+
 /// Counts per bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencyHistogram {
@@ -118,6 +141,19 @@ impl Default for LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// A histogram from a counter document's `buckets` object (`{"b17": 3, ...}`); keys
+    /// that name no bucket are ignored.
+    pub fn from_counts(buckets: Option<&Value>) -> Self {
+        let mut histogram = Self::default();
+        for (key, count) in buckets.and_then(Value::as_object).into_iter().flatten() {
+            let bucket = key.strip_prefix('b').and_then(|n| n.parse::<usize>().ok());
+            if let Some(bucket) = bucket {
+                histogram.add(bucket, count_of(Some(count)));
+            }
+        }
+        histogram
+    }
+
     pub fn record(&mut self, latency_us: f64) {
         self.add(latency_bucket(latency_us), 1);
     }
@@ -227,6 +263,38 @@ mod tests {
         huge.add(10_000, 2);
         assert_eq!(huge.total(), 2);
         assert_eq!(huge.percentile_us(50.0), Some(2f64.powi(40)));
+    }
+
+    #[test]
+    fn histograms_read_back_from_bucket_counts() {
+        let mut recorded = LatencyHistogram::default();
+        let mut doc = serde_json::Map::new();
+        for (latency_us, times) in [(0.5, 2_u64), (100.0, 90), (1e6, 10), (1e300, 1)] {
+            (0..times).for_each(|_| recorded.record(latency_us));
+            let field = bucket_field(latency_bucket(latency_us));
+            let key = field.strip_prefix("buckets.").expect("under buckets");
+            doc.insert(key.to_string(), serde_json::json!(times));
+        }
+        assert_eq!(bucket_field(17), "buckets.b17");
+        assert_eq!(
+            bucket_field(10_000),
+            format!("buckets.b{}", BUCKET_COUNT - 1)
+        );
+        // Stores may hand back whole counts as floats; junk keys and values count nothing.
+        doc.insert("b3".into(), serde_json::json!(0.0));
+        doc.insert("x9".into(), serde_json::json!(5));
+        doc.insert("b".into(), serde_json::json!(5));
+        doc.insert("b4".into(), serde_json::json!("five"));
+        let read = LatencyHistogram::from_counts(Some(&Value::Object(doc)));
+        assert_eq!(read, recorded);
+        assert_eq!(read.total(), 103);
+        for p in [50.0, 95.0, 99.0, 100.0] {
+            assert_eq!(read.percentile_us(p), recorded.percentile_us(p));
+        }
+        assert_eq!(LatencyHistogram::from_counts(None).total(), 0);
+        assert_eq!(count_of(Some(&serde_json::json!(3.0))), 3);
+        assert_eq!(count_of(Some(&serde_json::json!(-1))), 0);
+        assert_eq!(count_of(None), 0);
     }
 
     #[test]
