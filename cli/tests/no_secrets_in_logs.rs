@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
 
 const JWT_SECRET: &str = "no-secrets-in-logs-jwt-secret-0123456789abcdef";
 /// Base64 of the 32 bytes of [`MASTER_KEY_BYTES`].
@@ -214,13 +215,17 @@ async fn status_of(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, body)
 }
 
-/// Opens the event stream and waits for the server's first frame (the subscription ack),
+/// Opens the event stream, sends an empty message and waits for the server's answer to it,
 /// so the connection really was authenticated and served.
 async fn open_stream(request: tokio_tungstenite::tungstenite::handshake::client::Request) {
     let (mut socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
         .await
         .expect("the handshake finishes in time")
         .expect("the authenticated handshake succeeds");
+    socket
+        .send(Message::text("{}"))
+        .await
+        .expect("send on the stream");
     let first = tokio::time::timeout(WAIT, socket.next())
         .await
         .expect("a first frame in time")

@@ -28,7 +28,7 @@ use kernel::domain::DomainError;
 use kernel::engine::{Engine, UnitOfWork};
 use kernel::envelope::{CommandContext, Committed};
 use kernel::KernelError;
-use web::{ApiError, ApiResult, BearerAuth, Role, StrictJson, Text};
+use web::{ApiError, ApiResult, BearerAuth, Claims, Role, StrictJson, Text};
 
 use crate::write::{context, request_id};
 use crate::WriteState;
@@ -215,6 +215,37 @@ where
         Ok(committed) => Ok(Some(committed)),
         Err(_) if empty.load(std::sync::atomic::Ordering::SeqCst) => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+/// Parses an envelope sent with `claims`; a token acting for a user sends only that user's
+/// own commands.
+fn parse_for(claims: &Claims, value: &Value, prefix: Option<&str>) -> ApiResult<Envelope> {
+    let envelope = envelope::parse(value, prefix)?;
+    require_own_command(claims, &envelope.payload).map_err(|err| match prefix {
+        Some(prefix) => envelope::prefixed(err, prefix),
+        None => err,
+    })?;
+    Ok(envelope)
+}
+
+/// A token acting for a user ([`Claims::acting_user`]) may send a command only when the
+/// command's `user_id` is that user (403 naming `user_id`); the types without a user
+/// (inventory, system) change shared state and are refused to it.
+fn require_own_command(claims: &Claims, payload: &Value) -> ApiResult<()> {
+    let Some(user) = claims.acting_user() else {
+        return Ok(());
+    };
+    match payload.get("user_id").and_then(Value::as_str) {
+        Some(owner) if owner == user => Ok(()),
+        Some(_) => Err(ApiError::Forbidden(format!(
+            "user_id: this token acts for user {user} and may only send that user's own \
+             commands"
+        ))),
+        None => Err(ApiError::Forbidden(format!(
+            "this token acts for user {user}; commands without a user_id change shared state \
+             and need a token that acts for no user"
+        ))),
     }
 }
 
@@ -546,7 +577,7 @@ impl CommandWriteApi {
         body: StrictJson<Value>,
     ) -> ApiResult<CommandReply> {
         let ctx = self.context(&auth, req, Role::Writer)?;
-        let envelope = envelope::parse(&body.0, None)?;
+        let envelope = parse_for(&auth.0, &body.0, None)?;
         let outcome = self
             .execute_one(&ctx, &envelope, CommandSource::Sync)
             .await?;
@@ -567,7 +598,7 @@ impl CommandWriteApi {
         body: StrictJson<Value>,
     ) -> ApiResult<CommandReply> {
         let ctx = self.context(&auth, req, Role::Writer)?;
-        let envelope = envelope::parse(&body.0, None)?;
+        let envelope = parse_for(&auth.0, &body.0, None)?;
         self.enqueue(&ctx, &envelope, CommandSource::Async, None)
             .await
     }
@@ -617,7 +648,7 @@ impl CommandWriteApi {
         let mut seen = std::collections::HashSet::new();
         for (index, command) in request.commands.iter().enumerate() {
             let prefix = format!("commands[{index}]");
-            let envelope = envelope::parse(command, Some(&prefix))?;
+            let envelope = parse_for(&auth.0, command, Some(&prefix))?;
             if !seen.insert(envelope.command_id.clone()) {
                 return Err(ApiError::invalid(
                     &format!("{prefix}.command_id"),
@@ -699,7 +730,8 @@ impl CommandWriteApi {
                 let at = Utc::now();
                 let loaded = engine.load::<Command>(command_id).await?;
                 let command = loaded.state.clone();
-                if !command.exists() {
+                // Another user's command answers like a missing one.
+                if !command.exists() || require_own_command(&auth.0, command.payload()).is_err() {
                     return Err(DomainError::NotFound(format!("command {command_id}")).into());
                 }
                 if command.status() == Some(CommandStatus::Executed)
@@ -761,7 +793,7 @@ impl CommandWriteApi {
         body: StrictJson<Value>,
     ) -> ApiResult<CommandReply> {
         let ctx = self.context(&auth, req, Role::Writer)?;
-        let envelope = envelope::parse(&body.0, None)?;
+        let envelope = parse_for(&auth.0, &body.0, None)?;
         self.enqueue(&ctx, &envelope, CommandSource::Queue, None)
             .await
     }
@@ -818,7 +850,7 @@ impl CommandWriteApi {
     ) -> ApiResult<CommandReply> {
         let ctx = self.context(&auth, req, Role::Writer)?;
         let execute_at = parse_execute_at(&body.0.execute_at, Utc::now())?;
-        let envelope = envelope::parse(&body.0.command, Some("command"))?;
+        let envelope = parse_for(&auth.0, &body.0.command, Some("command"))?;
         self.enqueue(&ctx, &envelope, CommandSource::Schedule, Some(execute_at))
             .await
     }
@@ -838,7 +870,11 @@ impl CommandWriteApi {
         let ctx = self.context(&auth, req, Role::Writer)?;
         let engine = self.engine();
         let command = engine.load::<Command>(&id.0).await?.state;
-        match command.status() {
+        // Another user's command answers like a missing one (its payload never changes).
+        let status = command
+            .status()
+            .filter(|_| require_own_command(&auth.0, command.payload()).is_ok());
+        match status {
             None => return Err(ApiError::NotFound(format!("command {} not found", id.0))),
             Some(CommandStatus::Scheduled) => {}
             Some(status) => {

@@ -1246,7 +1246,10 @@ mod tests {
                     }
                     *at = json!(at.as_f64().expect("number") + by);
                 }
-                other => assert!(op_in(&[other.clone()], METRICS).is_empty(), "{other:?}"),
+                other => assert!(
+                    op_in(std::slice::from_ref(&other), METRICS).is_empty(),
+                    "{other:?}"
+                ),
             }
         }
         docs
