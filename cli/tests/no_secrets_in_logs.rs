@@ -48,16 +48,58 @@ impl World {
         );
         let data_dir = std::env::temp_dir().join(format!("quintet-no-secrets-{unique}"));
         std::fs::create_dir_all(&data_dir).expect("data dir");
-        let write_port = free_port();
-        let mut read_port = free_port();
-        while read_port == write_port {
-            read_port = free_port();
-        }
-        World {
+        let mut world = World {
             data_dir,
-            write_port,
-            read_port,
+            write_port: 0,
+            read_port: 0,
+        };
+        world.pick_ports();
+        world
+    }
+
+    fn pick_ports(&mut self) {
+        self.write_port = free_port();
+        self.read_port = free_port();
+        while self.read_port == self.write_port {
+            self.read_port = free_port();
         }
+    }
+
+    /// Starts `quintet up` and waits until both APIs answer. A free port can be taken by
+    /// another process before ours binds it, so a failed bind is retried on fresh ports.
+    async fn start(&mut self, client: &reqwest::Client) -> Up {
+        for _attempt in 0..3 {
+            let mut up = self.up();
+            let deadline = Instant::now() + WAIT;
+            let bound = loop {
+                // Printed once both listeners are bound.
+                if up.output().contains("quintet up: write API") {
+                    break true;
+                }
+                if up.child.try_wait().expect("wait").is_some() {
+                    break false;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "quintet up never bound its ports\n{}",
+                    up.output()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if !bound {
+                let output = up.output();
+                assert!(
+                    output.to_ascii_lowercase().contains("address"),
+                    "quintet up exited before binding\n{output}"
+                );
+                self.pick_ports();
+                continue;
+            }
+            wait_healthy(client, &mut up, &self.write_api("/health")).await;
+            wait_healthy(client, &mut up, &self.read_api("/health")).await;
+            return up;
+        }
+        panic!("quintet up could not bind free ports in 3 attempts");
     }
 
     /// `quintet <args>` with this world's environment.
@@ -69,6 +111,7 @@ impl World {
             .env_remove("JWT_SECRET")
             .env("RUST_LOG", "debug")
             .env("QUINTET__LOGGING__LEVEL", "debug")
+            .env("QUINTET__LOGGING__FORMAT", "json")
             .env("QUINTET__DATA_DIR", &self.data_dir)
             .env("QUINTET__WRITE_API__PORT", self.write_port.to_string())
             .env("QUINTET__READ_API__PORT", self.read_port.to_string())
@@ -251,27 +294,20 @@ async fn stream_refused(request: tokio_tungstenite::tungstenite::handshake::clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_secret_reaches_the_logs() {
-    let world = World::new();
+    let mut world = World::new();
     let writer = world.mint("writer", "log-test-writer", "10m");
     let reader = world.mint("reader", "log-test-reader", "10m");
     let stream_reader = world.mint("reader", "log-test-stream", "10m");
     let short_lived = world.mint("reader", "log-test-expiring", "1s");
-    let (head, payload_and_signature) = writer.split_once('.').expect("a JWT");
-    let (_, writer_signature) = payload_and_signature.split_once('.').expect("a JWT");
-    // The same token with another signature: well formed, but forged.
-    let forged = format!(
-        "{head}.{}.{}",
-        payload_and_signature.split('.').next().unwrap_or_default(),
-        "A".repeat(writer_signature.len())
-    );
+    // The writer's token with another signature: well formed, but forged.
+    let (unsigned, signature) = writer.rsplit_once('.').expect("a JWT");
+    let forged = format!("{unsigned}.{}", "A".repeat(signature.len()));
 
-    let mut up = world.up();
     let client = reqwest::Client::builder()
         .timeout(WAIT)
         .build()
         .expect("http client");
-    wait_healthy(&client, &mut up, &world.write_api("/health")).await;
-    wait_healthy(&client, &mut up, &world.read_api("/health")).await;
+    let mut up = world.start(&client).await;
 
     // Authorized writes and reads.
     let caretakers_write = world.write_api("/api/v1/mementos/caretakers");
@@ -293,8 +329,7 @@ async fn no_token_or_secret_reaches_the_logs() {
     .await;
     assert_eq!(status, 200, "{body}");
 
-    // Refusals: no token, a forged one, garbage, the writer's token on a reader route with
-    // a broken scheme.
+    // Refusals: no token, a forged token (read and write), a token under the wrong scheme.
     let (status, _) = status_of(client.get(&caretakers_read)).await;
     assert_eq!(status, 401);
     let (status, _) = status_of(client.get(&caretakers_read).bearer_auth(&forged)).await;
@@ -362,23 +397,26 @@ async fn no_token_or_secret_reaches_the_logs() {
     up.terminate().await;
     let log = up.output();
 
-    // The log is real: it shows the requests, the refusals and the stream.
+    // The log is real: the access log shows every kind of request made above (JSON lines,
+    // as configured), and debug lines were written.
     assert!(log.len() > 1000, "suspiciously little output:\n{log}");
     for evidence in [
-        "/api/v1/mementos/caretakers",
-        "/ws",
-        "401",
-        "201",
-        "/health",
+        r#""path":"/api/v1/mementos/caretakers","status":201"#,
+        r#""path":"/api/v1/mementos/caretakers","status":200"#,
+        r#""path":"/api/v1/mementos/caretakers","status":401"#,
+        r#""path":"/ws","status":101"#,
+        r#""path":"/ws","status":401"#,
+        r#""level":"DEBUG""#,
     ] {
         assert!(
             log.contains(evidence),
             "the log does not show `{evidence}`:\n{log}"
         );
     }
+    let access_lines = log.matches(r#""message":"request""#).count();
     assert!(
-        log.to_ascii_lowercase().contains("debug"),
-        "no debug lines were logged:\n{log}"
+        access_lines >= 13,
+        "only {access_lines} access-log lines for at least 13 requests:\n{log}"
     );
 
     let mut secrets = vec![

@@ -704,13 +704,19 @@ mod scenarios {
             actor: Some(actor.to_string()),
             ..Default::default()
         };
-        let alice = store.query_events(&of("alice"), 0, 10).await.expect("query");
+        let alice = store
+            .query_events(&of("alice"), 0, 10)
+            .await
+            .expect("query");
         assert_eq!(alice.total, 2);
         assert!(alice
             .events
             .iter()
             .all(|e| e.actor.as_deref() == Some("alice") && e.aggregate_id == "a-1"));
-        let nobody = store.query_events(&of("carol"), 0, 10).await.expect("query");
+        let nobody = store
+            .query_events(&of("carol"), 0, 10)
+            .await
+            .expect("query");
         assert_eq!(nobody.total, 0);
         // Combined with the other filters, by and.
         let mut narrowed = of("bob");

@@ -35,6 +35,26 @@ impl Page {
     }
 }
 
+/// Checks a paging field of a request body against the bounds its schema documents
+/// (`limit` 1..=1000, `offset` at most 10^15): 422 naming the field.
+pub fn check_body_bounds(
+    field: &str,
+    value: Option<u64>,
+    min: u64,
+    max: u64,
+) -> Result<(), ApiError> {
+    match value {
+        Some(value) if value < min || value > max => Err(ApiError::invalid(
+            field,
+            format!("must be between {min} and {max}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The largest `offset` a request body may give (what the schemas document).
+pub const MAX_OFFSET: u64 = 1_000_000_000_000_000;
+
 /// Clamps `limit` to 1..=1000 (default 50).
 pub fn query(limit: Option<u32>, offset: Option<u64>) -> DocQuery {
     DocQuery {

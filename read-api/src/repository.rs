@@ -19,7 +19,7 @@ use web::{ApiError, ApiResult, BearerAuth, Role, StrictJson};
 
 use crate::cache;
 use crate::owner;
-use crate::query::{found, query, Page, MAX_LIMIT};
+use crate::query::{check_body_bounds, found, query, Page, MAX_LIMIT, MAX_OFFSET};
 use crate::ReadState;
 
 /// The context name used for token scopes.
@@ -515,6 +515,13 @@ impl RepositoryReadApi {
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
         let request = body.0;
+        check_body_bounds(
+            "limit",
+            request.limit.map(u64::from),
+            1,
+            u64::from(MAX_LIMIT),
+        )?;
+        check_body_bounds("offset", request.offset, 0, MAX_OFFSET)?;
         let info = type_info(request.kind);
         let mut q = query(request.limit, request.offset);
         q.filter
@@ -580,6 +587,12 @@ impl RepositoryReadApi {
             .await_position(PROJECTION_NAME, min_position.0)
             .await?;
         let request = body.0;
+        check_body_bounds(
+            "limit",
+            request.limit.map(u64::from),
+            1,
+            u64::from(MAX_LIMIT),
+        )?;
         let limit = request
             .limit
             .unwrap_or(DEFAULT_WARM_LIMIT)

@@ -295,10 +295,42 @@ fn load_jwks(source: &str) -> Result<HashMap<String, PinnedKey>, KeyError> {
 pub struct BearerAuth(pub Claims);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Claims> {
+    if let Some(claims) = verified_earlier(req, &bearer.token) {
+        return Ok(claims);
+    }
     let keys = req
         .data::<JwtKeys>()
         .ok_or_else(|| ApiError::Internal("JwtKeys missing from the app".into()))?;
     Ok(keys.verify(&bearer.token)?)
+}
+
+/// A token already verified while this request passed the middlewares: a signature check is
+/// most of the CPU a cached read costs, so the rate limiter, the gate and the route share one.
+#[derive(Clone)]
+struct Verified {
+    token: String,
+    claims: Claims,
+}
+
+/// The claims of `token` if it was verified earlier in this request.
+fn verified_earlier(req: &Request, token: &str) -> Option<Claims> {
+    req.extensions()
+        .get::<Verified>()
+        .filter(|verified| verified.token == token)
+        .map(|verified| verified.claims.clone())
+}
+
+/// Verifies `token` once per request: later calls for the same token reuse the claims.
+pub fn verify_once(req: &mut Request, keys: &JwtKeys, token: &str) -> Result<Claims, ApiError> {
+    if let Some(claims) = verified_earlier(req, token) {
+        return Ok(claims);
+    }
+    let claims = keys.verify(token)?;
+    req.extensions_mut().insert(Verified {
+        token: token.to_string(),
+        claims: claims.clone(),
+    });
+    Ok(claims)
 }
 
 /// What a route needs before anything else about the request is looked at: the least role,
@@ -350,9 +382,10 @@ pub struct GateEndpoint<E> {
 impl<E: poem::Endpoint> poem::Endpoint for GateEndpoint<E> {
     type Output = E::Output;
 
-    async fn call(&self, req: Request) -> poem::Result<Self::Output> {
+    async fn call(&self, mut req: Request) -> poem::Result<Self::Output> {
         let keys = req
             .data::<JwtKeys>()
+            .cloned()
             .ok_or_else(|| ApiError::Internal("JwtKeys missing from the app".into()))?;
         let token = req
             .headers()
@@ -360,10 +393,12 @@ impl<E: poem::Endpoint> poem::Endpoint for GateEndpoint<E> {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| {
                 let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_string())
             })
             .ok_or_else(|| unauthorized("a bearer token is required"))?;
-        let claims = keys.verify(token)?;
+        let claims = verify_once(&mut req, &keys, &token)?;
         let path = req.uri().path();
         let path = path.strip_prefix(crate::server::API_PREFIX).unwrap_or(path);
         let (role, context) = (self.policy)(req.method(), path);

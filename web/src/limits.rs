@@ -35,35 +35,83 @@ pub struct BodyLimitEndpoint<E> {
     max_bytes: usize,
 }
 
+/// How much of an oversize body is read and discarded before the 413, and for how long:
+/// closing a connection with unread data makes the kernel reset it, and the client may then
+/// lose the 413 already sent. Past either bound the connection is simply closed.
+const DRAIN_MAX_BYTES: u64 = 64 << 20;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
 impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
-        let too_large = || {
-            ApiError::PayloadTooLarge(format!(
-                "the request body is larger than {} bytes",
-                self.max_bytes
-            ))
-        };
         let declared = req
             .headers()
             .get(poem::http::header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
         if declared.is_some_and(|length| length > self.max_bytes as u64) {
-            return Err(too_large().into());
+            drain(req.take_body()).await;
+            return Ok(self.too_large());
         }
         if declared.is_none() {
             // A chunked body: read it under the limit.
-            let body = req
-                .take_body()
-                .into_bytes_limit(self.max_bytes)
-                .await
-                .map_err(|_| too_large())?;
-            req.set_body(body);
+            match read_at_most(req.take_body(), self.max_bytes).await {
+                Ok(body) => req.set_body(body),
+                Err(()) => return Ok(self.too_large()),
+            }
         }
         self.inner.call(req).await.map(IntoResponse::into_response)
     }
+}
+
+impl<E> BodyLimitEndpoint<E> {
+    /// 413 problem+json; the connection is not reused (the client may still be sending).
+    fn too_large(&self) -> Response {
+        let mut response = ApiError::PayloadTooLarge(format!(
+            "the request body is larger than {} bytes",
+            self.max_bytes
+        ))
+        .into_response();
+        response.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            poem::http::HeaderValue::from_static("close"),
+        );
+        response
+    }
+}
+
+/// The whole body if it has at most `max` bytes; otherwise the rest is drained and `Err`.
+async fn read_at_most(body: poem::Body, max: usize) -> Result<Vec<u8>, ()> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = body.into_async_read();
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let read = reader.read(&mut chunk).await.map_err(|_| ())?;
+        if read == 0 {
+            return Ok(data);
+        }
+        if data.len() + read > max {
+            drain_reader(&mut reader).await;
+            return Err(());
+        }
+        data.extend_from_slice(&chunk[..read]);
+    }
+}
+
+async fn drain(body: poem::Body) {
+    drain_reader(&mut body.into_async_read()).await;
+}
+
+/// Reads and discards up to [`DRAIN_MAX_BYTES`] within [`DRAIN_MAX_TIME`].
+async fn drain_reader(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    use tokio::io::AsyncReadExt;
+    let discard = async {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut reader.take(DRAIN_MAX_BYTES), &mut sink).await;
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, discard).await;
 }
 
 /// Per-IP and per-subject rate limits.
@@ -91,7 +139,7 @@ impl RateLimit {
         }
     }
 
-    fn check(&self, req: &Request) -> Result<(), ApiError> {
+    fn check(&self, req: &mut Request) -> Result<(), ApiError> {
         if !self.enabled {
             return Ok(());
         }
@@ -105,7 +153,10 @@ impl RateLimit {
             self.by_ip.check_key(&ip).map_err(retry)?;
         }
         // Only a verified subject gets a bucket, so forged subjects cannot dodge the IP limit.
-        if let Some(subject) = bearer(req).and_then(|token| self.keys.verify(token).ok()) {
+        let token = bearer(req).map(str::to_string);
+        if let Some(subject) =
+            token.and_then(|token| crate::auth::verify_once(req, &self.keys, &token).ok())
+        {
             self.by_subject.check_key(&subject.sub).map_err(retry)?;
         }
         Ok(())
@@ -139,8 +190,8 @@ pub struct RateLimitEndpoint<E> {
 impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
     type Output = Response;
 
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        self.limit.check(&req)?;
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        self.limit.check(&mut req)?;
         self.inner.call(req).await.map(IntoResponse::into_response)
     }
 }
