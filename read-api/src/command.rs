@@ -19,7 +19,7 @@ use kernel::domain::command::read_model::{
 use kernel::domain::memento::projection::rfc3339;
 use kernel::ports::DocQuery;
 use kernel::spec::{Filter, Op, SortKey};
-use web::{ApiError, ApiResult, BearerAuth, Role};
+use web::{ApiError, ApiResult, BearerAuth};
 
 use crate::query::{found, query, Page, MAX_LIMIT};
 use crate::ReadState;
@@ -189,9 +189,8 @@ fn handler_view(name: &str, doc: Option<&Value>, now: &str) -> HandlerView {
 impl CommandReadApi {
     /// A reader of this context, after the projection reached `min_position`.
     async fn ready(&self, auth: &BearerAuth, min_position: Option<u64>) -> ApiResult<()> {
-        auth.0.allow(Role::Reader, SCOPE)?;
         self.state
-            .await_position(PROJECTION_NAME, min_position)
+            .reader_ready(auth, SCOPE, PROJECTION_NAME, min_position)
             .await
     }
 

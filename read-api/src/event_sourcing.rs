@@ -99,9 +99,8 @@ impl EventSourcingReadApi {
 
     /// A reader of this context, after the projection reached `min_position`.
     async fn ready(&self, auth: &BearerAuth, min_position: Option<u64>) -> ApiResult<()> {
-        auth.0.allow(Role::Reader, SCOPE)?;
         self.state
-            .await_position(PROJECTION_NAME, min_position)
+            .reader_ready(auth, SCOPE, PROJECTION_NAME, min_position)
             .await
     }
 

@@ -46,6 +46,18 @@ pub struct ReadState {
 }
 
 impl ReadState {
+    /// A reader of `context` (role and scope), once `projection` has applied `min_position`.
+    pub async fn reader_ready(
+        &self,
+        auth: &web::BearerAuth,
+        context: &str,
+        projection: &str,
+        min_position: Option<u64>,
+    ) -> Result<(), ApiError> {
+        auth.0.allow(Role::Reader, context)?;
+        self.await_position(projection, min_position).await
+    }
+
     /// Waits until `projection` has applied `min_position`, or answers 503 with Retry-After.
     pub async fn await_position(
         &self,

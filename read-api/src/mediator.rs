@@ -10,7 +10,7 @@ use kernel::domain::mediator::projection::{
     colleague_key, COLLEAGUES, INBOX, MEDIATORS, PROJECTION_NAME,
 };
 use kernel::domain::mediator::MessageKind;
-use web::{ApiResult, BearerAuth, Role};
+use web::{ApiResult, BearerAuth};
 
 use crate::query::{found, query, strip_internal, Page, MAX_LIMIT};
 use crate::ReadState;
@@ -31,9 +31,8 @@ pub struct MediatorReadApi {
 
 impl MediatorReadApi {
     async fn ready(&self, auth: &BearerAuth, min_position: Option<u64>) -> ApiResult<()> {
-        auth.0.allow(Role::Reader, MEDIATOR_SCOPE)?;
         self.state
-            .await_position(PROJECTION_NAME, min_position)
+            .reader_ready(auth, MEDIATOR_SCOPE, PROJECTION_NAME, min_position)
             .await
     }
 

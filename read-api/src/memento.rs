@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use kernel::domain::memento::projection::{
     history_doc_id, CARETAKERS, HISTORY, MEMENTOS, ORIGINATORS, PROJECTION_NAME,
 };
-use web::{ApiError, ApiResult, BearerAuth, Role};
+use web::{ApiError, ApiResult, BearerAuth};
 
 use crate::query::{found, query, Page};
 use crate::ReadState;
@@ -30,9 +30,8 @@ pub struct MementoReadApi {
 
 impl MementoReadApi {
     async fn ready(&self, auth: &BearerAuth, min_position: Option<u64>) -> ApiResult<()> {
-        auth.0.allow(Role::Reader, MEMENTO)?;
         self.state
-            .await_position(PROJECTION_NAME, min_position)
+            .reader_ready(auth, MEMENTO, PROJECTION_NAME, min_position)
             .await
     }
 

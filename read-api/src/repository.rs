@@ -189,9 +189,8 @@ pub struct RepositoryReadApi {
 
 impl RepositoryReadApi {
     async fn ready(&self, auth: &BearerAuth, min_position: Option<u64>) -> ApiResult<()> {
-        auth.0.allow(Role::Reader, REPOSITORY)?;
         self.state
-            .await_position(PROJECTION_NAME, min_position)
+            .reader_ready(auth, REPOSITORY, PROJECTION_NAME, min_position)
             .await
     }
 
