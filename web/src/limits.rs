@@ -50,15 +50,17 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             .get(poem::http::header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
+        // `Connection` is an HTTP/1 header (HTTP/2 forbids it in responses).
+        let http1 = req.version() < poem::http::Version::HTTP_2;
         if declared.is_some_and(|length| length > self.max_bytes as u64) {
             drain(req.take_body()).await;
-            return Ok(self.too_large());
+            return Ok(self.too_large(http1));
         }
         if declared.is_none() {
             // A chunked body: read it under the limit.
             match read_at_most(req.take_body(), self.max_bytes).await {
                 Ok(body) => req.set_body(body),
-                Err(()) => return Ok(self.too_large()),
+                Err(()) => return Ok(self.too_large(http1)),
             }
         }
         self.inner.call(req).await.map(IntoResponse::into_response)
@@ -66,17 +68,20 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
 }
 
 impl<E> BodyLimitEndpoint<E> {
-    /// 413 problem+json; the connection is not reused (the client may still be sending).
-    fn too_large(&self) -> Response {
+    /// 413 problem+json; an HTTP/1 connection is not reused (the client may still be
+    /// sending).
+    fn too_large(&self, http1: bool) -> Response {
         let mut response = ApiError::PayloadTooLarge(format!(
             "the request body is larger than {} bytes",
             self.max_bytes
         ))
         .into_response();
-        response.headers_mut().insert(
-            poem::http::header::CONNECTION,
-            poem::http::HeaderValue::from_static("close"),
-        );
+        if http1 {
+            response.headers_mut().insert(
+                poem::http::header::CONNECTION,
+                poem::http::HeaderValue::from_static("close"),
+            );
+        }
         response
     }
 }
