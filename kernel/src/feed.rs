@@ -13,6 +13,10 @@ use crate::envelope::{RecordedEvent, StoredEvent};
 use crate::error::KernelResult;
 use crate::ports::EventStore;
 
+/// The most missing positions handed to the store's exact check; a longer gap is one more
+/// than any backend checks row by row, so the store falls back to asking by time.
+const MAX_CHECKED_MISSING: usize = 1001;
+
 /// A gap the tailer is waiting on.
 #[derive(Debug, Clone, Copy)]
 struct Gap {
@@ -82,11 +86,13 @@ impl Tailer {
             .read_all(self.position, self.settings.batch_size)
             .await?;
         let horizon = rows.last().map_or(0, |row| row.position);
+        let visible: Vec<u64> = rows.iter().map(|row| row.position).collect();
         let mut accepted = Vec::with_capacity(rows.len());
         for row in rows {
             let expected = self.position + 1;
             if row.position == expected
-                || (row.position > expected && self.release_gap(expected, horizon).await?)
+                || (row.position > expected
+                    && self.release_gap(expected, horizon, &visible).await?)
             {
                 self.position = row.position;
                 self.gap = None;
@@ -101,7 +107,12 @@ impl Tailer {
     /// Whether the missing positions from `missing` on can be skipped: only once no
     /// transaction that was open when the gap appeared can still commit into it, or after the
     /// maximum wait when the store cannot tell.
-    async fn release_gap(&mut self, missing: u64, horizon: u64) -> KernelResult<bool> {
+    async fn release_gap(
+        &mut self,
+        missing: u64,
+        horizon: u64,
+        visible: &[u64],
+    ) -> KernelResult<bool> {
         if missing <= self.released_through {
             return Ok(true);
         }
@@ -145,7 +156,12 @@ impl Tailer {
         }
         // A second of slack: the store's clock and ours may round differently.
         let since = gap.first_seen_at + chrono::Duration::seconds(1);
-        if !self.store.gap_may_fill(since).await? {
+        // Every position up to the horizon that this read did not see (`visible` is sorted).
+        let absent: Vec<u64> = (gap.position..gap.horizon)
+            .filter(|position| visible.binary_search(position).is_err())
+            .take(MAX_CHECKED_MISSING)
+            .collect();
+        if !self.store.missing_may_fill(since, &absent).await? {
             self.gap = Some(Gap {
                 cleared: true,
                 ..gap

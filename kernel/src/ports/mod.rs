@@ -32,6 +32,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// position below the ones already visible. Backends that commit positions in order answer false.
     async fn gap_may_fill(&self, since: chrono::DateTime<chrono::Utc>) -> KernelResult<bool>;
 
+    /// [`gap_may_fill`](Self::gap_may_fill) for known missing positions: backends that can
+    /// ask about those rows directly do, which is exact; the default asks by time.
+    async fn missing_may_fill(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        missing: &[u64],
+    ) -> KernelResult<bool> {
+        let _ = missing;
+        self.gap_may_fill(since).await
+    }
+
     /// Ids of the aggregates of a type, in id order, after `after` (exclusive), at most `limit`.
     async fn aggregate_ids(
         &self,

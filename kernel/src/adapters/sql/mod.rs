@@ -273,7 +273,8 @@ pub(crate) fn log_condition(filter: &crate::ports::EventFilter) -> (String, Vec<
 /// - `async fn last_position(conn, &QueryResult, rows, last_event_id) -> KernelResult<u64>`:
 ///   the position of the last row of an INSERT that just ran on `conn`;
 /// - `fn is_deadlock(&sqlx::Error) -> bool` (a deadlock between writers is a `Conflict`);
-/// - `async fn check_gap(&self, since) -> KernelResult<bool>`;
+/// - `async fn check_gap(&self, since) -> KernelResult<bool>` and
+///   `async fn check_missing(&self, since, missing: &[u64]) -> KernelResult<bool>`;
 /// - const `COUNT_DISTINCT_STREAMS`, the SQL that counts distinct (type, id) pairs;
 /// - consts `SELECT_OWNER_LOCKED` (the owner of a reservation, read with a lock where the
 ///   backend has row locks), `INSERT_KEY_IF_ABSENT` and `INSERT_FORGOTTEN_IF_ABSENT`.
@@ -592,6 +593,14 @@ macro_rules! sql_event_store {
                 since: chrono::DateTime<chrono::Utc>,
             ) -> $crate::error::KernelResult<bool> {
                 self.check_gap(since).await
+            }
+
+            async fn missing_may_fill(
+                &self,
+                since: chrono::DateTime<chrono::Utc>,
+                missing: &[u64],
+            ) -> $crate::error::KernelResult<bool> {
+                self.check_missing(since, missing).await
             }
 
             async fn aggregate_ids(

@@ -19,6 +19,18 @@ use crate::error::{KernelError, KernelResult};
 
 /// InnoDB's "Deadlock found when trying to get lock" (the whole transaction is rolled back).
 const ER_LOCK_DEADLOCK: u16 = 1213;
+/// A lock could not be had: waited too long (1205), or `NOWAIT` (MySQL 8's 3572).
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const ER_LOCK_NOWAIT: u16 = 3572;
+
+/// Gaps of more missing positions than this are checked by time (INNODB_TRX) instead.
+const MAX_LOCKED_GAP: usize = 1000;
+
+fn is_lock_wait(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
+        .is_some_and(|e| matches!(e.number(), ER_LOCK_WAIT_TIMEOUT | ER_LOCK_NOWAIT))
+}
 
 /// Whether another transaction that has written rows was open at `since`, asked inside a
 /// transaction of our own: the witness.
@@ -154,6 +166,34 @@ impl MySqlEventStore {
                     );
                 }
                 Ok(true)
+            }
+        }
+    }
+
+    /// Whether an open transaction holds one of the `missing` positions: a locking read of
+    /// exactly those keys fails at once (`NOWAIT`) on a row an open transaction inserted,
+    /// and finds a rolled-back one absent. Point lookups on the primary key, so no lock on a
+    /// neighbouring row (a writer appending past the gap) gets in the way. Exact, unlike the
+    /// INNODB_TRX witness of [`Self::check_gap`] (a cache that can be stale), which stays the
+    /// fallback for long gaps and where the read is refused (a server without `NOWAIT`).
+    async fn check_missing(&self, since: DateTime<Utc>, missing: &[u64]) -> KernelResult<bool> {
+        if missing.is_empty() || missing.len() > MAX_LOCKED_GAP {
+            return self.check_gap(since).await;
+        }
+        let marks = vec!["?"; missing.len()].join(", ");
+        let sql = format!(
+            "SELECT COUNT(*) FROM events WHERE position IN ({marks}) LOCK IN SHARE MODE NOWAIT"
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        for position in missing {
+            query = query.bind(super::to_i64(*position));
+        }
+        match query.fetch_one(&self.pool).await {
+            Ok(_) => Ok(false),
+            Err(err) if is_lock_wait(&err) => Ok(true),
+            Err(err) => {
+                tracing::debug!(error = %err, "locking gap read refused; asking INNODB_TRX");
+                self.check_gap(since).await
             }
         }
     }

@@ -140,6 +140,10 @@ impl SqliteEventStore {
         Ok(false)
     }
 
+    async fn check_missing(&self, _since: DateTime<Utc>, _missing: &[u64]) -> KernelResult<bool> {
+        Ok(false)
+    }
+
     /// The only writer holds the write lock, so a plain read is current.
     const COUNT_DISTINCT_STREAMS: &'static str =
         "COUNT(DISTINCT aggregate_type || '/' || aggregate_id)";
