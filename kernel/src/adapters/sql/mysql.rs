@@ -2,8 +2,9 @@
 //!
 //! Positions come from AUTO_INCREMENT, which hands out a value at INSERT but makes the row
 //! visible at COMMIT. Two writers can therefore commit out of order, and a reader can see
-//! position q while a lower p is still invisible: `gap_may_fill` tells the feed whether such a
-//! hole may still fill (an open transaction that has written rows) or is a rollback.
+//! position q while a lower p is still invisible: `missing_may_fill` (a locking read of the
+//! missing keys) and `gap_may_fill` (an INNODB_TRX witness, the fallback) tell the feed
+//! whether such a hole may still fill (an open transaction holds it) or is a rollback.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
