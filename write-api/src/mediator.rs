@@ -25,9 +25,9 @@ use kernel::domain::mediator::{
 use kernel::engine::{Engine, UnitOfWork};
 use kernel::envelope::{CommandContext, Committed};
 use kernel::KernelError;
-use web::{ApiResult, BearerAuth, Role, StrictJson, Text};
+use web::{ApiResult, BearerAuth, StrictJson, Text};
 
-use crate::write::{context, expected_version, metadata_map, request_id, WriteResult, Written};
+use crate::write::{call, expected_version, metadata_map, writer_context, WriteResult, Written};
 use crate::WriteState;
 
 /// The context name used for token scopes.
@@ -169,8 +169,12 @@ impl MediatorWriteApi {
         route: &str,
         body: &impl Serialize,
     ) -> ApiResult<CommandContext> {
-        auth.0.allow(Role::Writer, MEDIATOR_SCOPE)?;
-        context(&auth.0, request_id(req), idempotency_key.0, route, body)
+        writer_context(
+            call(auth, req, idempotency_key),
+            MEDIATOR_SCOPE,
+            route,
+            body,
+        )
     }
 
     /// Runs one command on one mediator.

@@ -28,9 +28,9 @@ use kernel::domain::{DomainError, EventSourced};
 use kernel::engine::{Decision, Engine, UnitOfWork};
 use kernel::envelope::{CommandContext, Reservation};
 use kernel::KernelError;
-use web::{ApiError, ApiResult, BearerAuth, Claims, Role, StrictJson, Text};
+use web::{ApiError, ApiResult, BearerAuth, Claims, StrictJson, Text};
 
-use crate::write::{call, context, execute, expected_version, new_id, request_id, Written};
+use crate::write::{call, execute, expected_version, new_id, writer_context, Written};
 use crate::WriteState;
 
 /// The context name used for token scopes.
@@ -416,8 +416,7 @@ impl RepositoryWriteApi {
         route: &str,
         body: &impl Serialize,
     ) -> ApiResult<CommandContext> {
-        auth.0.allow(Role::Writer, REPOSITORY)?;
-        context(&auth.0, request_id(req), idempotency_key.0, route, body)
+        writer_context(call(auth, req, idempotency_key), REPOSITORY, route, body)
     }
 
     /// Runs a user command with its email reservations.

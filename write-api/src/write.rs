@@ -177,6 +177,24 @@ pub fn call<'a>(
     }
 }
 
+/// The command context of a writer of `scope` (a context name): 403 without the role or
+/// the scope.
+pub fn writer_context(
+    call: Call<'_>,
+    scope: &str,
+    route: &str,
+    body: &impl Serialize,
+) -> ApiResult<CommandContext> {
+    call.claims.allow(Role::Writer, scope)?;
+    context(
+        call.claims,
+        call.request_id,
+        call.idempotency_key,
+        route,
+        body,
+    )
+}
+
 /// Runs one command on one aggregate for a writer of `scope` (a context name), and answers
 /// with what was committed. `route` (with its path values) and `body` make the idempotency
 /// hash; `created` answers 201 rather than 200.
@@ -196,14 +214,7 @@ where
     A: EventSourced,
     KernelError: From<A::Error>,
 {
-    call.claims.allow(Role::Writer, scope)?;
-    let ctx = context(
-        call.claims,
-        call.request_id,
-        call.idempotency_key,
-        route,
-        body,
-    )?;
+    let ctx = writer_context(call, scope, route, body)?;
     let committed = engine
         .execute::<A, _>(aggregate_id, command, services, &ctx)
         .await?;
