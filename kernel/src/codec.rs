@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::envelope::NewDataKey;
 use crate::error::{KernelError, KernelResult};
 use crate::ports::KeyStore;
 
@@ -463,6 +464,70 @@ impl Codec {
         Ok(seal(Some(&key), aad, json, &self.settings)?)
     }
 
+    /// The key that seals a write to `key_id`'s streams. When the store has no key yet, a new
+    /// one comes back with its wrapped form and `defer_new` decides where it is stored: in the
+    /// append's own transaction (`true`, see [`WriteKey::new_key`]; the key is remembered only
+    /// through [`Codec::remember`] once that commits) or right now on its own (`false`).
+    pub async fn write_key(&self, key_id: &str, defer_new: bool) -> KernelResult<WriteKey> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if !self.settings.encryption_enabled {
+            return Ok(WriteKey {
+                key: None,
+                new_key: None,
+                epoch,
+            });
+        }
+        if defer_new {
+            let cached = self.cache.lock().get(key_id).cloned();
+            let key = match cached {
+                Some(key) => Some(key),
+                None => match self.keys.get(key_id).await? {
+                    Some(wrapped) => Some(self.cache_unwrapped(key_id, &wrapped, epoch)?),
+                    None => None,
+                },
+            };
+            if let Some(key) = key {
+                return Ok(WriteKey {
+                    key: Some(key),
+                    new_key: None,
+                    epoch,
+                });
+            }
+            let key = DataKey::generate();
+            let wrapped = key.wrap(&self.master, key_id);
+            return Ok(WriteKey {
+                key: Some(Arc::new(key)),
+                new_key: Some(NewDataKey {
+                    key_id: key_id.to_string(),
+                    wrapped,
+                }),
+                epoch,
+            });
+        }
+        Ok(WriteKey {
+            key: Some(self.data_key(key_id, true).await?),
+            new_key: None,
+            epoch,
+        })
+    }
+
+    /// Seals a payload with a key from [`Codec::write_key`].
+    pub fn seal_with(&self, key: &WriteKey, aad: &Aad<'_>, json: &[u8]) -> KernelResult<Vec<u8>> {
+        Ok(seal(key.key.as_deref(), aad, json, &self.settings)?)
+    }
+
+    /// Caches a new key once the append that stored it has committed (unless a `forget`
+    /// ran since the key was made).
+    pub fn remember(&self, key: &WriteKey) {
+        let (Some(new_key), Some(data_key)) = (&key.new_key, &key.key) else {
+            return;
+        };
+        let mut cache = self.cache.lock();
+        if self.epoch.load(Ordering::SeqCst) == key.epoch {
+            cache.put(new_key.key_id.clone(), Arc::clone(data_key));
+        }
+    }
+
     /// Opens a payload. Unencrypted payloads need no key; an encrypted one whose key is gone
     /// gives `KernelError::Forgotten`.
     pub async fn decode(&self, key_id: &str, aad: &Aad<'_>, bytes: &[u8]) -> KernelResult<Vec<u8>> {
@@ -498,11 +563,35 @@ impl Codec {
             }
             None => return Err(KernelError::Forgotten(key_id.to_string())),
         };
-        let key = Arc::new(DataKey::unwrap(&self.master, key_id, &wrapped)?);
+        self.cache_unwrapped(key_id, &wrapped, epoch)
+    }
+
+    /// Unwraps a stored key and caches it, unless a `forget` ran since `epoch` was read.
+    fn cache_unwrapped(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        epoch: u64,
+    ) -> KernelResult<Arc<DataKey>> {
+        let key = Arc::new(DataKey::unwrap(&self.master, key_id, wrapped)?);
         let mut cache = self.cache.lock();
         if self.epoch.load(Ordering::SeqCst) == epoch {
             cache.put(key_id.to_string(), Arc::clone(&key));
         }
         Ok(key)
+    }
+}
+
+/// The key a write seals with ([`Codec::write_key`]).
+pub struct WriteKey {
+    key: Option<Arc<DataKey>>,
+    new_key: Option<NewDataKey>,
+    epoch: u64,
+}
+
+impl WriteKey {
+    /// A key the store does not hold yet, to be stored in the append's transaction.
+    pub fn new_key(&self) -> Option<&NewDataKey> {
+        self.new_key.as_ref()
     }
 }

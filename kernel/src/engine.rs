@@ -121,6 +121,8 @@ pub struct Engine {
     codec: Arc<Codec>,
     snapshot_every: Arc<dyn Fn(&str) -> u64 + Send + Sync>,
     appended: Arc<Notify>,
+    /// Whether the event store also holds the data keys (new keys then ride in the append).
+    keys_with_events: bool,
 }
 
 /// The bincode-framed snapshot as it sits in Redis or in memory.
@@ -142,12 +144,19 @@ impl Engine {
         codec: Arc<Codec>,
         snapshot_every: Arc<dyn Fn(&str) -> u64 + Send + Sync>,
     ) -> Self {
+        // Same object: its event and key tables share a database, so a new aggregate's key
+        // can go into the append's transaction.
+        let keys_with_events = std::ptr::eq(
+            Arc::as_ptr(&store).cast::<()>(),
+            Arc::as_ptr(codec.key_store()).cast::<()>(),
+        );
         Self {
             store,
             snapshots,
             codec,
             snapshot_every,
             appended: Arc::new(Notify::new()),
+            keys_with_events,
         }
     }
 
@@ -403,8 +412,20 @@ impl Engine {
             return Err(KernelError::storage("a unit of work with no events"));
         }
         let mut streams = Vec::with_capacity(uow.streams.len());
+        let mut write_keys = Vec::with_capacity(uow.streams.len());
         for pending in &uow.streams {
             let key_id = codec::key_id(pending.aggregate_type, &pending.aggregate_id);
+            // Two streams of one aggregate share its key (a second new key under the same
+            // id would clash with the first on every retry).
+            let index = match write_keys.iter().position(|(id, _)| *id == key_id) {
+                Some(index) => index,
+                None => {
+                    let key = self.codec.write_key(&key_id, self.keys_with_events).await?;
+                    write_keys.push((key_id, key));
+                    write_keys.len() - 1
+                }
+            };
+            let key = &write_keys[index].1;
             let mut events = Vec::with_capacity(pending.events.len());
             for (offset, event) in pending.events.iter().enumerate() {
                 let aad = Aad {
@@ -416,7 +437,7 @@ impl Engine {
                     event_id: event.event_id,
                     event_type: event.event_type.clone(),
                     event_version: event.event_version,
-                    payload: self.codec.encode(&key_id, &aad, &event.json).await?,
+                    payload: self.codec.seal_with(key, &aad, &event.json)?,
                 });
             }
             streams.push(StreamAppend {
@@ -435,8 +456,15 @@ impl Engine {
             idempotency: ctx.idempotency.clone(),
             reservations: uow.reservations,
             releases: uow.releases,
+            new_keys: write_keys
+                .iter()
+                .filter_map(|(_, key)| key.new_key().cloned())
+                .collect(),
         };
         let committed = self.store.append(batch).await?;
+        for (_, key) in &write_keys {
+            self.codec.remember(key);
+        }
         self.appended.notify_waiters();
         metrics::counter!("quintet_commands_committed_total").increment(1);
         for pending in uow.streams {
@@ -635,6 +663,7 @@ impl Engine {
                 idempotency: None,
                 reservations: vec![],
                 releases: vec![],
+                new_keys: vec![],
             };
             self.store.append(batch).await?;
             forgotten.push(key_id);

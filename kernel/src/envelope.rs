@@ -52,6 +52,18 @@ pub struct AppendBatch {
     pub reservations: Vec<Reservation>,
     /// Reservations given back in the same transaction.
     pub releases: Vec<Reservation>,
+    /// Data keys first used by this batch, stored in the same transaction (so a new
+    /// aggregate costs one durable commit). If another writer stored a different key under
+    /// the same id first, the append fails with a `Conflict` (a forgotten id: `Forgotten`)
+    /// and the retry seals with the stored key.
+    pub new_keys: Vec<NewDataKey>,
+}
+
+/// A data key wrapped under the master key, as the key store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDataKey {
+    pub key_id: String,
+    pub wrapped: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -101,6 +101,7 @@ fn batch(streams: Vec<StreamAppend>) -> AppendBatch {
         idempotency: None,
         reservations: vec![],
         releases: vec![],
+        new_keys: vec![],
     }
 }
 
@@ -346,6 +347,179 @@ mod scenarios {
         assert_eq!(seqs, (1..=WRITERS as u64).collect::<Vec<_>>());
         assert_eq!(sequences.len(), WRITERS);
         eprintln!("{WRITERS} writers, {total_conflicts} conflicts");
+    }
+
+    /// Many batches at once share group commits; each still gets the answer it would have
+    /// had alone: racers on one stream (one wins), a taken value (`Duplicate`), a replayed
+    /// idempotency key (the first result), and everyone else committed with the position of
+    /// their own last event.
+    pub async fn concurrent_batches_get_their_own_answers<S: Backend>(store: &Arc<S>) {
+        store
+            .append(batch(vec![stream("order", "hot", 0, 1)]))
+            .await
+            .expect("seed the hot stream");
+        let mut taken = batch(vec![stream("user", "owner", 0, 1)]);
+        taken.reservations = vec![reservation("taken@example.com", "user/owner")];
+        store.append(taken).await.expect("reserve");
+        let mut first = batch(vec![stream("order", "idem", 0, 1)]);
+        first.idempotency = idem("group-key", "h");
+        let first = store.append(first).await.expect("first with the key");
+
+        enum Kind {
+            Plain,
+            Racer,
+            Duplicate,
+            Replay,
+        }
+        let mut tasks = Vec::new();
+        for i in 0..96usize {
+            let kind = match i % 12 {
+                0 => Kind::Racer,
+                5 => Kind::Duplicate,
+                7 => Kind::Replay,
+                _ => Kind::Plain,
+            };
+            let mut b = match kind {
+                Kind::Racer => batch(vec![stream("order", "hot", 1, 1)]),
+                Kind::Replay => batch(vec![stream("order", "idem", 0, 1)]),
+                _ => batch(vec![
+                    stream("order", &format!("g-{i}"), 0, 1 + i % 3),
+                    stream("product", &format!("g-{i}"), 0, 1),
+                ]),
+            };
+            match kind {
+                Kind::Duplicate => {
+                    b.reservations = vec![reservation("taken@example.com", &format!("user/{i}"))]
+                }
+                Kind::Replay => b.idempotency = idem("group-key", "h"),
+                Kind::Plain if i % 2 == 0 => {
+                    b.idempotency = idem(&format!("plain-{i}"), "h");
+                    b.reservations = vec![reservation(&format!("{i}@example.com"), "x")];
+                }
+                _ => {}
+            }
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let sent = b.clone();
+                (kind, sent, store.append(b).await)
+            }));
+        }
+        let mut racer_wins = 0;
+        for task in tasks {
+            let (kind, sent, answer) = task.await.expect("task");
+            match kind {
+                Kind::Racer => match answer {
+                    Ok(_) => racer_wins += 1,
+                    Err(err) => assert!(is_conflict_on(&err, "hot"), "{err:?}"),
+                },
+                Kind::Duplicate => {
+                    assert!(
+                        matches!(answer, Err(KernelError::Duplicate { .. })),
+                        "{answer:?}"
+                    )
+                }
+                Kind::Replay => assert_eq!(answer.expect("replay"), first),
+                Kind::Plain => {
+                    let committed = answer.expect("a plain batch commits");
+                    let last = sent.streams.last().expect("streams");
+                    let stored = store
+                        .load_stream(&last.aggregate_type, &last.aggregate_id, 0)
+                        .await
+                        .expect("load");
+                    assert_eq!(stored.len(), last.events.len());
+                    assert_eq!(committed.position, stored.last().expect("event").position);
+                    let order = &sent.streams[0];
+                    assert_eq!(
+                        store
+                            .load_stream("order", &order.aggregate_id, 0)
+                            .await
+                            .expect("load")
+                            .iter()
+                            .map(|e| e.event_id)
+                            .collect::<Vec<_>>(),
+                        order.events.iter().map(|e| e.event_id).collect::<Vec<_>>()
+                    );
+                    if let Some(key) = &sent.idempotency {
+                        let mut again = sent.clone();
+                        again.streams[0].events[0].event_id = Uuid::new_v4();
+                        assert_eq!(store.append(again).await.expect("replayed"), committed);
+                        assert!(key.key.starts_with("plain-"));
+                    }
+                }
+            }
+        }
+        assert_eq!(racer_wins, 1, "exactly one racer on the hot stream wins");
+        assert_eq!(store.stream_seq("order", "hot").await.expect("seq"), 2);
+        assert_eq!(store.stream_seq("order", "idem").await.expect("seq"), 1);
+        let all = store.read_all(0, 10_000).await.expect("read_all");
+        assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    }
+
+    /// A batch's new data keys commit with its events, or not at all.
+    pub async fn new_keys_commit_with_their_events<S: Backend>(store: &Arc<S>) {
+        let new_key = |id: &str, wrapped: &[u8]| kernel::envelope::NewDataKey {
+            key_id: id.to_string(),
+            wrapped: wrapped.to_vec(),
+        };
+        let mut b = batch(vec![stream("user", "k-1", 0, 1)]);
+        b.new_keys = vec![new_key("user/k-1", b"wrapped-1")];
+        store.append(b).await.expect("append with a new key");
+        assert_eq!(
+            store.get("user/k-1").await.expect("get"),
+            Some(b"wrapped-1".to_vec())
+        );
+
+        // Another writer's key under the same id: a conflict, and nothing written.
+        let mut other = batch(vec![stream("user", "k-1", 1, 1)]);
+        other.new_keys = vec![new_key("user/k-1", b"wrapped-2")];
+        let err = store.append(other).await.expect_err("a clashing key");
+        assert!(is_conflict_on(&err, "k-1"), "{err:?}");
+        assert_eq!(store.stream_seq("user", "k-1").await.expect("seq"), 1);
+        assert_eq!(
+            store.get("user/k-1").await.expect("get"),
+            Some(b"wrapped-1".to_vec())
+        );
+
+        // Events that conflict take their new key with them.
+        let mut stale = batch(vec![stream("user", "k-1", 0, 1)]);
+        stale.new_keys = vec![new_key("user/k-2", b"wrapped-3")];
+        let err = store.append(stale).await.expect_err("stale");
+        assert!(is_conflict_on(&err, "k-1"), "{err:?}");
+        assert_eq!(store.get("user/k-2").await.expect("get"), None);
+
+        // A forgotten id never gets a key again.
+        assert!(!store.forget("user/k-3").await.expect("forget unseen"));
+        let mut forgotten = batch(vec![stream("user", "k-3", 0, 1)]);
+        forgotten.new_keys = vec![new_key("user/k-3", b"wrapped-4")];
+        let err = store.append(forgotten).await.expect_err("forgotten");
+        assert!(
+            matches!(&err, KernelError::Forgotten(id) if id == "user/k-3"),
+            "{err:?}"
+        );
+        assert_eq!(store.stream_seq("user", "k-3").await.expect("seq"), 0);
+
+        // Concurrent creators of one aggregate: one key, the winner's.
+        let mut tasks = Vec::new();
+        for i in 0..8u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut b = batch(vec![stream("user", "k-4", 0, 1)]);
+                b.new_keys = vec![new_key("user/k-4", &[i; 4])];
+                store.append(b).await.map(|_| i)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.expect("task") {
+                Ok(i) => winners.push(i),
+                Err(err) => assert!(is_conflict_on(&err, "k-4"), "{err:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1);
+        assert_eq!(
+            store.get("user/k-4").await.expect("get"),
+            Some(vec![winners[0]; 4])
+        );
     }
 
     pub async fn idempotent_replay_returns_first_result<S: Backend>(store: &Arc<S>) {
@@ -766,6 +940,8 @@ contract!(
     stale_expected_sequence_conflicts,
     multi_stream_batch_is_atomic,
     concurrent_writers_get_contiguous_sequences,
+    concurrent_batches_get_their_own_answers,
+    new_keys_commit_with_their_events,
     idempotent_replay_returns_first_result,
     concurrent_same_key_writes_once,
     reservations_are_unique_across_aggregates,

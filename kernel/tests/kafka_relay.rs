@@ -79,6 +79,7 @@ fn batch(aggregate_type: &str, aggregate_id: &str, expected: u64, count: usize) 
         idempotency: None,
         reservations: vec![],
         releases: vec![],
+        new_keys: vec![],
     }
 }
 

@@ -713,6 +713,7 @@ fn poison(aggregate_id: &str, expected_sequence: u64) -> kernel::envelope::Appen
         idempotency: None,
         reservations: vec![],
         releases: vec![],
+        new_keys: vec![],
     }
 }
 

@@ -89,6 +89,7 @@ async fn append_poison(app: &TestApp, id: &str) -> Vec<String> {
                 idempotency: None,
                 reservations: vec![],
                 releases: vec![],
+                new_keys: vec![],
             })
             .await
             .expect("append a poison event");

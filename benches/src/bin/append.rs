@@ -94,6 +94,7 @@ fn batch(aggregate_id: &str, expected: u64, events: Vec<NewEvent>) -> AppendBatc
         idempotency: None,
         reservations: vec![],
         releases: vec![],
+        new_keys: vec![],
     }
 }
 

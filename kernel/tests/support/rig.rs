@@ -238,6 +238,7 @@ pub fn raw_append(aggregate_id: &str, expected_sequence: u64) -> AppendBatch {
         idempotency: None,
         reservations: vec![],
         releases: vec![],
+        new_keys: vec![],
     }
 }
 

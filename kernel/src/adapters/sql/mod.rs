@@ -7,11 +7,16 @@
 //!
 //! How `append` works (both backends), in one transaction:
 //! 1. releases, then reservations (a taken value → `Duplicate`, unless the owner is the same);
-//! 2. for each stream, a guard that `expected_sequence` exists (a sequence ahead of the stream
+//! 2. the batch's new data keys (`AppendBatch::new_keys`), so a new aggregate's key and its
+//!    first events commit together (another writer's key under the same id → `Conflict`);
+//! 3. for each stream, a guard that `expected_sequence` exists (a sequence ahead of the stream
 //!    would otherwise leave a hole), then one multi-row INSERT with sequences
 //!    `expected_sequence + 1..`; the UNIQUE (aggregate_type, aggregate_id, sequence) index is the
 //!    optimistic lock, so a unique violation there is a `Conflict`;
-//! 3. the idempotency key with the JSON of the resulting `Committed`.
+//! 4. the idempotency key with the JSON of the resulting `Committed`.
+//!
+//! Concurrent batches are group-committed (see [`Appender`]): one transaction, one INSERT
+//! for the events of many batches; a group that fails is redone batch by batch.
 //!
 //! Any failure rolls the whole batch back. When the batch carries an idempotency key, a failure
 //! is checked once more against the stored keys: a concurrent request with the same key may have
@@ -34,11 +39,118 @@ pub use sqlite::SqliteEventStore;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
 use crate::domain::DomainError;
 use crate::envelope::{
-    AppendBatch, Committed, IdempotencyKey, IdempotentResult, NewEvent, StoredEvent,
+    AppendBatch, Committed, CommittedStream, IdempotencyKey, IdempotentResult, NewEvent,
+    StoredEvent, StreamAppend,
 };
 use crate::error::{KernelError, KernelResult};
+
+/// Most batches one group commit takes, and (roughly) most events: a group stops growing
+/// once it holds this many.
+const MAX_GROUP_BATCHES: usize = 128;
+const MAX_GROUP_EVENTS: usize = 4000;
+/// Batches that may wait for an appender before `append` itself waits.
+const APPEND_QUEUE: usize = 1024;
+
+/// A batch waiting for an appender, and where its answer goes.
+pub(crate) type Pending = (AppendBatch, oneshot::Sender<KernelResult<Committed>>);
+
+/// Group commit. `append` hands its batch to a few appender tasks; each takes the first
+/// waiting batch plus every batch queued behind it (up to the bounds above) and commits them
+/// in ONE transaction, so concurrent commands share a durable commit and a multi-row INSERT.
+/// A group that fails for any reason (a conflict, a taken value, a replayed idempotency key)
+/// is rolled back and its batches are appended one by one, which gives each its own exact
+/// answer: a group never changes what a batch would have been told alone.
+#[derive(Default)]
+pub(crate) struct Appender {
+    queue: parking_lot::Mutex<Option<mpsc::Sender<Pending>>>,
+}
+
+impl Appender {
+    /// The queue to the appender tasks, starting them with `start` when there are none (the
+    /// first append, or after the runtime that ran them has gone).
+    fn queue(&self, start: impl FnOnce(mpsc::Receiver<Pending>)) -> mpsc::Sender<Pending> {
+        let mut queue = self.queue.lock();
+        match &*queue {
+            Some(sender) if !sender.is_closed() => sender.clone(),
+            _ => {
+                let (sender, receiver) = mpsc::channel(APPEND_QUEUE);
+                start(receiver);
+                *queue = Some(sender.clone());
+                sender
+            }
+        }
+    }
+}
+
+/// The next group: the first waiting batch and whatever is already queued behind it.
+pub(crate) async fn next_group(
+    receiver: &tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+) -> Option<Vec<Pending>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut events = batch_events(&first.0);
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP_BATCHES && events < MAX_GROUP_EVENTS {
+        match receiver.try_recv() {
+            Ok(next) => {
+                events += batch_events(&next.0);
+                group.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(group)
+}
+
+fn batch_events(batch: &AppendBatch) -> usize {
+    batch.streams.iter().map(|s| s.events.len()).sum()
+}
+
+/// Whether a batch can share a group: one without events answers with the head position,
+/// which only a transaction of its own can tell.
+fn groupable(batch: &AppendBatch) -> bool {
+    batch_events(batch) > 0
+}
+
+/// One row of an events INSERT.
+pub(crate) struct GroupRow<'a> {
+    batch: &'a AppendBatch,
+    stream: &'a StreamAppend,
+    sequence: u64,
+    event: &'a NewEvent,
+}
+
+/// What a batch's streams committed, once their events are in.
+fn committed_streams(batch: &AppendBatch) -> Vec<CommittedStream> {
+    batch
+        .streams
+        .iter()
+        .map(|s| CommittedStream {
+            aggregate_type: s.aggregate_type.clone(),
+            aggregate_id: s.aggregate_id.clone(),
+            sequence: s.expected_sequence + s.events.len() as u64,
+            event_ids: s.events.iter().map(|e| e.event_id).collect(),
+            event_types: s.events.iter().map(|e| e.event_type.clone()).collect(),
+        })
+        .collect()
+}
+
+/// Why a group did not commit.
+pub(crate) enum GroupFailure {
+    /// Before COMMIT: nothing was written; the batches are appended one by one.
+    Rejected(KernelError),
+    /// At COMMIT: the outcome is unknown, and every batch gets the error.
+    Commit(KernelError),
+}
+
+/// A store's appender, shared by its clones.
+pub(crate) type SharedAppender = Arc<Appender>;
 
 /// Rows per INSERT statement: well under SQLite's 32766 and MySQL's 65535 bind parameters
 /// (11 per row).
@@ -107,19 +219,39 @@ fn text(bytes: Vec<u8>) -> KernelResult<String> {
 
 /// Splits a stream's events into INSERT statements of at most [`INSERT_CHUNK_ROWS`] rows and
 /// about [`INSERT_CHUNK_BYTES`] of payload; never an empty chunk.
-fn insert_chunks(events: &[NewEvent]) -> Vec<&[NewEvent]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, e) in events.iter().enumerate() {
-        let full = i - start == INSERT_CHUNK_ROWS || bytes + e.payload.len() > INSERT_CHUNK_BYTES;
-        if i > start && full {
-            chunks.push(&events[start..i]);
-            (start, bytes) = (i, 0);
+/// A stream's events as rows, with their sequences.
+fn rows_of<'a>(
+    batch: &'a AppendBatch,
+    stream: &'a StreamAppend,
+) -> impl Iterator<Item = GroupRow<'a>> + 'a {
+    stream
+        .events
+        .iter()
+        .enumerate()
+        .map(move |(i, event)| GroupRow {
+            batch,
+            stream,
+            sequence: stream.expected_sequence + 1 + i as u64,
+            event,
+        })
+}
+
+/// Rows split into INSERT statements by [`INSERT_CHUNK_ROWS`] and [`INSERT_CHUNK_BYTES`].
+fn chunk_rows<'a>(rows: impl Iterator<Item = GroupRow<'a>>) -> Vec<Vec<GroupRow<'a>>> {
+    let mut chunks: Vec<Vec<GroupRow<'a>>> = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let len = row.event.payload.len();
+        match chunks.last_mut() {
+            Some(chunk) if chunk.len() < INSERT_CHUNK_ROWS && bytes + len <= INSERT_CHUNK_BYTES => {
+                chunk.push(row);
+            }
+            _ => {
+                chunks.push(vec![row]);
+                bytes = 0;
+            }
         }
-        bytes += e.payload.len();
-    }
-    if start < events.len() {
-        chunks.push(&events[start..]);
+        bytes += len;
     }
     chunks
 }
@@ -264,7 +396,37 @@ pub(crate) fn log_condition(filter: &crate::ports::EventFilter) -> (String, Vec<
         clauses.push("recorded_at < ?".into());
         binds.push(LogBind::Int(to.timestamp_micros()));
     }
+    if let Some(streams) = &filter.streams {
+        clauses.push(streams_condition(streams, &mut binds));
+    }
     (clauses.join(" AND "), binds)
+}
+
+/// `(<set> OR <set> ...)`, each set `(aggregate_type IN (..) AND aggregate_id IN (..))`; a
+/// set or a list with nothing in it matches nothing.
+fn streams_condition(streams: &[crate::ports::StreamSet], binds: &mut Vec<LogBind>) -> String {
+    let mut sets = Vec::new();
+    for set in streams {
+        let ids_empty = set.aggregate_ids.as_ref().is_some_and(Vec::is_empty);
+        if set.aggregate_types.is_empty() || ids_empty {
+            continue;
+        }
+        let marks = vec!["?"; set.aggregate_types.len()].join(", ");
+        let mut condition = format!("(aggregate_type IN ({marks})");
+        binds.extend(set.aggregate_types.iter().cloned().map(LogBind::Text));
+        if let Some(ids) = &set.aggregate_ids {
+            let marks = vec!["?"; ids.len()].join(", ");
+            condition.push_str(&format!(" AND aggregate_id IN ({marks})"));
+            binds.extend(ids.iter().cloned().map(LogBind::Text));
+        }
+        condition.push(')');
+        sets.push(condition);
+    }
+    if sets.is_empty() {
+        "1 = 0".to_string()
+    } else {
+        format!("({})", sets.join(" OR "))
+    }
 }
 
 /// Implements the shared part of a sqlx store. The backend type must provide:
@@ -277,7 +439,11 @@ pub(crate) fn log_condition(filter: &crate::ports::EventFilter) -> (String, Vec<
 ///   `async fn check_missing(&self, since, missing: &[u64]) -> KernelResult<bool>`;
 /// - const `COUNT_DISTINCT_STREAMS`, the SQL that counts distinct (type, id) pairs;
 /// - consts `SELECT_OWNER_LOCKED` (the owner of a reservation, read with a lock where the
-///   backend has row locks), `INSERT_KEY_IF_ABSENT` and `INSERT_FORGOTTEN_IF_ABSENT`.
+///   backend has row locks), `INSERT_KEY_IF_ABSENT` and `INSERT_FORGOTTEN_IF_ABSENT`,
+///   `KEEP_EXISTING_KEY` (the tail of a multi-row key INSERT that keeps existing rows),
+///   `LOCKING_READ` (the tail of a SELECT that must read the latest rows) and `APPENDERS`
+///   (group commits in flight at once);
+/// - a field `appender: SharedAppender` (see [`Appender`]).
 macro_rules! sql_event_store {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -304,6 +470,114 @@ macro_rules! sql_event_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 batch: &$crate::envelope::AppendBatch,
             ) -> $crate::error::KernelResult<$crate::envelope::Committed> {
+                use $crate::adapters::sql as common;
+                use $crate::error::KernelError;
+
+                Self::apply_reservations(&mut *conn, batch).await?;
+
+                Self::insert_new_keys(
+                    &mut *conn,
+                    &batch.new_keys,
+                    batch.recorded_at,
+                    || match batch.streams.first() {
+                        Some(s) => common::conflict(&s.aggregate_type, &s.aggregate_id, s.expected_sequence),
+                        None => KernelError::storage("a data key was stored by another writer"),
+                    },
+                    |e| Self::write_error(e, batch),
+                )
+                .await?;
+
+                let mut last_position: Option<u64> = None;
+                for s in &batch.streams {
+                    let expected = s.expected_sequence;
+                    if !s.events.is_empty() && expected > 0 {
+                        // The unique index catches a stale sequence; this catches one that is
+                        // ahead of the stream, which would otherwise leave a hole.
+                        let found: Option<i64> = sqlx::query_scalar(
+                            "SELECT sequence FROM events \
+                             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
+                        )
+                        .bind(&s.aggregate_type)
+                        .bind(&s.aggregate_id)
+                        .bind(common::to_i64(expected))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| Self::write_error(e, batch))?;
+                        if found.is_none() {
+                            return Err(common::conflict(&s.aggregate_type, &s.aggregate_id, expected));
+                        }
+                    }
+
+                    for chunk in common::chunk_rows(common::rows_of(batch, s)) {
+                        let result = match Self::event_insert(&chunk).build().execute(&mut *conn).await {
+                            Ok(result) => result,
+                            Err(e) if common::is_unique_violation(&e) => {
+                                if common::is_event_id_violation(&e) {
+                                    return Err(KernelError::Rejected(
+                                        $crate::domain::DomainError::AlreadyExists(
+                                            "an event id of this batch".into(),
+                                        ),
+                                    ));
+                                }
+                                return Err(common::conflict(
+                                    &s.aggregate_type,
+                                    &s.aggregate_id,
+                                    expected,
+                                ));
+                            }
+                            Err(e) => return Err(Self::write_error(e, batch)),
+                        };
+                        let last_event_id = chunk.last().map(|r| r.event.event_id).unwrap_or_default();
+                        last_position = Some(
+                            Self::last_position(&mut *conn, &result, chunk.len(), last_event_id)
+                                .await?,
+                        );
+                    }
+
+                }
+                let streams = common::committed_streams(batch);
+
+                let position = match last_position {
+                    Some(p) => p,
+                    None => {
+                        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+                            .fetch_one(&mut *conn)
+                            .await
+                            .map_err(|e| Self::write_error(e, batch))?;
+                        common::to_u64(head)?
+                    }
+                };
+                let committed = $crate::envelope::Committed { position, streams };
+
+                if let Some(idem) = &batch.idempotency {
+                    let response = serde_json::to_string(&committed)?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (idem_key, request_hash, response, created_at) \
+                         VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&idem.key)
+                    .bind(&idem.request_hash)
+                    .bind(&response)
+                    .bind(common::micros(batch.recorded_at))
+                    .execute(&mut *conn)
+                    .await;
+                    match inserted {
+                        Ok(_) => {}
+                        // Another request stored the key since we looked; `append` reads it back.
+                        Err(e) if common::is_unique_violation(&e) => {
+                            return Err(KernelError::IdempotencyMismatch(idem.key.clone()));
+                        }
+                        Err(e) => return Err(Self::write_error(e, batch)),
+                    }
+                }
+                Ok(committed)
+            }
+
+            /// Releases, then reservations: a value another owner holds is `Duplicate`.
+            async fn apply_reservations(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                batch: &$crate::envelope::AppendBatch,
+            ) -> $crate::error::KernelResult<()> {
                 use $crate::adapters::sql as common;
                 use $crate::error::KernelError;
 
@@ -345,113 +619,278 @@ macro_rules! sql_event_store {
                         Err(e) => return Err(Self::write_error(e, batch)),
                     }
                 }
+                Ok(())
+            }
 
-                let mut last_position: Option<u64> = None;
-                let mut streams = Vec::with_capacity(batch.streams.len());
-                for s in &batch.streams {
-                    let expected = s.expected_sequence;
-                    if !s.events.is_empty() && expected > 0 {
-                        // The unique index catches a stale sequence; this catches one that is
-                        // ahead of the stream, which would otherwise leave a hole.
-                        let found: Option<i64> = sqlx::query_scalar(
-                            "SELECT sequence FROM events \
-                             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
-                        )
-                        .bind(&s.aggregate_type)
-                        .bind(&s.aggregate_id)
-                        .bind(common::to_i64(expected))
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(|e| Self::write_error(e, batch))?;
-                        if found.is_none() {
-                            return Err(common::conflict(&s.aggregate_type, &s.aggregate_id, expected));
+            /// Stores new data keys, keeping any row already there; then a locking read
+            /// checks each id holds OUR key. Another writer's key gives `clash()` (the caller
+            /// retries and seals with that key), a forgotten id `Forgotten`.
+            async fn insert_new_keys(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                keys: &[$crate::envelope::NewDataKey],
+                at: chrono::DateTime<chrono::Utc>,
+                clash: impl Fn() -> $crate::error::KernelError,
+                sql_error: impl Fn(sqlx::Error) -> $crate::error::KernelError,
+            ) -> $crate::error::KernelResult<()> {
+                use $crate::adapters::sql as common;
+                if keys.is_empty() {
+                    return Ok(());
+                }
+                let at = common::micros(at);
+                let mut insert = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO data_keys (key_id, aggregate_id, wrapped_key, created_at) ",
+                );
+                insert.push_values(keys, |mut row, key| {
+                    row.push_bind(key.key_id.as_str())
+                        .push_bind(common::key_aggregate_id(&key.key_id))
+                        .push_bind(key.wrapped.as_slice())
+                        .push_bind(at);
+                });
+                insert.push(Self::KEEP_EXISTING_KEY);
+                insert.build().execute(&mut *conn).await.map_err(&sql_error)?;
+
+                let mut select = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT key_id, wrapped_key FROM data_keys WHERE key_id IN (",
+                );
+                let mut ids = select.separated(", ");
+                for key in keys {
+                    ids.push_bind(key.key_id.as_str());
+                }
+                select.push(")");
+                select.push(Self::LOCKING_READ);
+                let stored: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                    select.build_query_as().fetch_all(&mut *conn).await.map_err(&sql_error)?;
+                for key in keys {
+                    let row = stored.iter().find(|(id, _)| id.as_slice() == key.key_id.as_bytes());
+                    match row {
+                        Some((_, Some(wrapped))) if *wrapped == key.wrapped => {}
+                        Some((_, None)) => {
+                            return Err($crate::error::KernelError::Forgotten(key.key_id.clone()))
+                        }
+                        _ => return Err(clash()),
+                    }
+                }
+                Ok(())
+            }
+
+            /// One multi-row INSERT of event rows.
+            fn event_insert<'a>(
+                rows: &'a [$crate::adapters::sql::GroupRow<'a>],
+            ) -> sqlx::QueryBuilder<'a, $db> {
+                use $crate::adapters::sql as common;
+                let mut qb = sqlx::QueryBuilder::<$db>::new(common::INSERT_EVENTS);
+                qb.push_values(rows, |mut row, r| {
+                    row.push_bind(r.stream.aggregate_type.as_str())
+                        .push_bind(r.stream.aggregate_id.as_str())
+                        .push_bind(common::to_i64(r.sequence))
+                        .push_bind(r.event.event_type.as_str())
+                        .push_bind(r.event.event_version)
+                        .push_bind(&r.event.event_id.as_bytes()[..])
+                        .push_bind(&r.batch.correlation_id.as_bytes()[..])
+                        .push_bind(r.batch.causation_id.as_ref().map(|c| &c.as_bytes()[..]))
+                        .push_bind(r.batch.actor.as_deref())
+                        .push_bind(common::micros(r.batch.recorded_at))
+                        .push_bind(r.event.payload.as_slice());
+                });
+                qb
+            }
+
+            /// The appender tasks' loop: one group at a time, until every handle of the store
+            /// outside them is gone.
+            async fn run_appender(
+                &self,
+                receiver: &tokio::sync::Mutex<tokio::sync::mpsc::Receiver<$crate::adapters::sql::Pending>>,
+            ) {
+                while let Some(mut group) = $crate::adapters::sql::next_group(receiver).await {
+                    metrics::histogram!("quintet_append_group_batches").record(group.len() as f64);
+                    if group.len() == 1 {
+                        let (batch, reply) = group.pop().expect("a group of one");
+                        let _ = reply.send(self.append_now(batch).await);
+                    } else {
+                        self.append_group(group).await;
+                    }
+                }
+            }
+
+            /// Two or more batches: one transaction for all that can share it; if it fails,
+            /// each alone (see [`Appender`](crate::adapters::sql::Appender)).
+            async fn append_group(&self, group: Vec<$crate::adapters::sql::Pending>) {
+                use $crate::adapters::sql::{self as common, GroupFailure};
+                let mut together = Vec::with_capacity(group.len());
+                let mut alone = Vec::new();
+                for (batch, reply) in group {
+                    if let Err(err) = common::validate_batch(&batch) {
+                        let _ = reply.send(Err(err));
+                    } else if common::groupable(&batch) {
+                        together.push((batch, reply));
+                    } else {
+                        alone.push((batch, reply));
+                    }
+                }
+                if together.len() > 1 {
+                    let batches: Vec<&$crate::envelope::AppendBatch> =
+                        together.iter().map(|(batch, _)| batch).collect();
+                    match self.commit_group(&batches).await {
+                        Ok(committed) => {
+                            for ((_, reply), committed) in together.into_iter().zip(committed) {
+                                let _ = reply.send(Ok(committed));
+                            }
+                        }
+                        Err(GroupFailure::Commit(err)) => {
+                            let message = err.to_string();
+                            for (_, reply) in together {
+                                let _ = reply.send(Err($crate::error::KernelError::storage(&message)));
+                            }
+                        }
+                        Err(GroupFailure::Rejected(err)) => {
+                            tracing::debug!(error = %err, batches = together.len(), "group append rolled back; appending one by one");
+                            metrics::counter!("quintet_append_groups_split_total").increment(1);
+                            together.append(&mut alone);
+                            alone = together;
                         }
                     }
+                } else {
+                    alone.append(&mut together);
+                }
+                for (batch, reply) in alone {
+                    let _ = reply.send(self.append_now(batch).await);
+                }
+            }
 
-                    let mut next_sequence = expected;
-                    for chunk in common::insert_chunks(&s.events) {
-                        let first_sequence = next_sequence + 1;
-                        let mut qb = sqlx::QueryBuilder::<$db>::new(common::INSERT_EVENTS);
-                        qb.push_values(chunk.iter().enumerate(), |mut row, (i, e)| {
-                            row.push_bind(s.aggregate_type.as_str())
-                                .push_bind(s.aggregate_id.as_str())
-                                .push_bind(common::to_i64(first_sequence + i as u64))
-                                .push_bind(e.event_type.as_str())
-                                .push_bind(e.event_version)
-                                .push_bind(&e.event_id.as_bytes()[..])
-                                .push_bind(&batch.correlation_id.as_bytes()[..])
-                                .push_bind(batch.causation_id.as_ref().map(|c| &c.as_bytes()[..]))
-                                .push_bind(batch.actor.as_deref())
-                                .push_bind(common::micros(batch.recorded_at))
-                                .push_bind(e.payload.as_slice());
-                        });
-                        let result = match qb.build().execute(&mut *conn).await {
-                            Ok(result) => result,
-                            Err(e) if common::is_unique_violation(&e) => {
-                                if common::is_event_id_violation(&e) {
-                                    return Err(KernelError::Rejected(
-                                        $crate::domain::DomainError::AlreadyExists(
-                                            "an event id of this batch".into(),
-                                        ),
-                                    ));
-                                }
-                                return Err(common::conflict(
-                                    &s.aggregate_type,
-                                    &s.aggregate_id,
-                                    expected,
-                                ));
-                            }
-                            Err(e) => return Err(Self::write_error(e, batch)),
-                        };
-                        next_sequence += chunk.len() as u64;
-                        let last_event_id = chunk.last().map(|e| e.event_id).unwrap_or_default();
-                        last_position = Some(
-                            Self::last_position(&mut *conn, &result, chunk.len(), last_event_id)
-                                .await?,
-                        );
+            async fn commit_group(
+                &self,
+                batches: &[&$crate::envelope::AppendBatch],
+            ) -> Result<Vec<$crate::envelope::Committed>, $crate::adapters::sql::GroupFailure> {
+                use $crate::adapters::sql::GroupFailure;
+                let mut tx = self.begin_write().await.map_err(GroupFailure::Rejected)?;
+                match Self::group_in_tx(&mut tx, batches).await {
+                    Ok(committed) => {
+                        tx.commit().await.map_err(|e| {
+                            GroupFailure::Commit($crate::error::KernelError::storage(e))
+                        })?;
+                        Ok(committed)
                     }
+                    Err(err) => {
+                        if let Err(e) = tx.rollback().await {
+                            tracing::warn!(error = %e, "rollback of a failed group append failed");
+                        }
+                        Err(GroupFailure::Rejected(err))
+                    }
+                }
+            }
 
-                    streams.push($crate::envelope::CommittedStream {
-                        aggregate_type: s.aggregate_type.clone(),
-                        aggregate_id: s.aggregate_id.clone(),
-                        sequence: next_sequence,
-                        event_ids: s.events.iter().map(|e| e.event_id).collect(),
-                        event_types: s.events.iter().map(|e| e.event_type.clone()).collect(),
-                    });
+            /// A group's writes: like `append_in_tx` for each batch, but one INSERT for all
+            /// their events, keys and idempotency keys. Any failure fails the whole group.
+            async fn group_in_tx(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                batches: &[&$crate::envelope::AppendBatch],
+            ) -> $crate::error::KernelResult<Vec<$crate::envelope::Committed>> {
+                use $crate::adapters::sql as common;
+                use $crate::error::KernelError;
+                let storage = KernelError::storage;
+
+                for batch in batches {
+                    Self::apply_reservations(&mut *conn, batch).await?;
+                }
+                let keys: Vec<$crate::envelope::NewDataKey> =
+                    batches.iter().flat_map(|b| b.new_keys.iter().cloned()).collect();
+                if let Some(first) = batches.first() {
+                    Self::insert_new_keys(
+                        &mut *conn,
+                        &keys,
+                        first.recorded_at,
+                        || KernelError::storage("two writers made a data key for the same id"),
+                        storage,
+                    )
+                    .await?;
                 }
 
-                let position = match last_position {
-                    Some(p) => p,
-                    None => {
-                        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-                            .fetch_one(&mut *conn)
-                            .await
-                            .map_err(|e| Self::write_error(e, batch))?;
-                        common::to_u64(head)?
-                    }
-                };
-                let committed = $crate::envelope::Committed { position, streams };
-
-                if let Some(idem) = &batch.idempotency {
-                    let response = serde_json::to_string(&committed)?;
-                    let inserted = sqlx::query(
-                        "INSERT INTO idempotency_keys (idem_key, request_hash, response, created_at) \
-                         VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(&idem.key)
-                    .bind(&idem.request_hash)
-                    .bind(&response)
-                    .bind(common::micros(batch.recorded_at))
-                    .execute(&mut *conn)
-                    .await;
-                    match inserted {
-                        Ok(_) => {}
-                        // Another request stored the key since we looked; `append` reads it back.
-                        Err(e) if common::is_unique_violation(&e) => {
-                            return Err(KernelError::IdempotencyMismatch(idem.key.clone()));
+                let checks: Vec<&$crate::envelope::StreamAppend> = batches
+                    .iter()
+                    .flat_map(|b| &b.streams)
+                    .filter(|s| !s.events.is_empty() && s.expected_sequence > 0)
+                    .collect();
+                if !checks.is_empty() {
+                    let mut query =
+                        sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM events WHERE ");
+                    for (i, s) in checks.iter().enumerate() {
+                        if i > 0 {
+                            query.push(" OR ");
                         }
-                        Err(e) => return Err(Self::write_error(e, batch)),
+                        query
+                            .push("(aggregate_type = ")
+                            .push_bind(s.aggregate_type.as_str())
+                            .push(" AND aggregate_id = ")
+                            .push_bind(s.aggregate_id.as_str())
+                            .push(" AND sequence = ")
+                            .push_bind(common::to_i64(s.expected_sequence))
+                            .push(")");
                     }
+                    let found: i64 =
+                        query.build_query_scalar().fetch_one(&mut *conn).await.map_err(storage)?;
+                    if found != checks.len() as i64 {
+                        return Err(KernelError::storage(
+                            "a stream of the group is not at its expected sequence",
+                        ));
+                    }
+                }
+
+                for chunk in common::chunk_rows(batches.iter().flat_map(|b| {
+                    b.streams.iter().flat_map(move |s| common::rows_of(b, s))
+                })) {
+                    Self::event_insert(&chunk).build().execute(&mut *conn).await.map_err(storage)?;
+                }
+
+                let last_ids: Vec<uuid::Uuid> = batches
+                    .iter()
+                    .map(|b| {
+                        b.streams
+                            .iter()
+                            .rev()
+                            .find_map(|s| s.events.last())
+                            .map(|e| e.event_id)
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT event_id, position FROM events WHERE event_id IN (",
+                );
+                let mut ids = query.separated(", ");
+                for id in &last_ids {
+                    ids.push_bind(&id.as_bytes()[..]);
+                }
+                query.push(")");
+                let positions: Vec<(Vec<u8>, i64)> =
+                    query.build_query_as().fetch_all(&mut *conn).await.map_err(storage)?;
+
+                let mut committed = Vec::with_capacity(batches.len());
+                let mut idempotent = Vec::new();
+                for (batch, last_id) in batches.iter().zip(&last_ids) {
+                    let position = positions
+                        .iter()
+                        .find(|(id, _)| id.as_slice() == last_id.as_bytes())
+                        .map(|(_, position)| *position)
+                        .ok_or_else(|| KernelError::storage("a grouped event has no position"))?;
+                    let batch_committed = $crate::envelope::Committed {
+                        position: common::to_u64(position)?,
+                        streams: common::committed_streams(batch),
+                    };
+                    if let Some(idem) = &batch.idempotency {
+                        idempotent.push((idem, serde_json::to_string(&batch_committed)?, batch.recorded_at));
+                    }
+                    committed.push(batch_committed);
+                }
+                if !idempotent.is_empty() {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO idempotency_keys (idem_key, request_hash, response, created_at) ",
+                    );
+                    insert.push_values(&idempotent, |mut row, (idem, response, at)| {
+                        row.push_bind(idem.key.as_str())
+                            .push_bind(idem.request_hash.as_str())
+                            .push_bind(response.as_str())
+                            .push_bind(common::micros(*at));
+                    });
+                    insert.build().execute(&mut *conn).await.map_err(storage)?;
                 }
                 Ok(committed)
             }
@@ -543,10 +982,24 @@ macro_rules! sql_event_store {
                 &self,
                 batch: $crate::envelope::AppendBatch,
             ) -> $crate::error::KernelResult<$crate::envelope::Committed> {
-                let store = self.clone();
-                tokio::spawn(async move { store.append_now(batch).await })
-                    .await
-                    .map_err(|err| $crate::error::KernelError::storage(format!("append task: {err}")))?
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let queue = self.appender.queue(|receiver| {
+                    let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
+                    for _ in 0..Self::APPENDERS {
+                        // Without this store's appender: the tasks end once the store's other
+                        // handles are gone and the queue closes.
+                        let mut store = self.clone();
+                        store.appender = Default::default();
+                        let receiver = receiver.clone();
+                        tokio::spawn(async move { store.run_appender(&receiver).await });
+                    }
+                });
+                queue.send((batch, reply)).await.map_err(|_| {
+                    $crate::error::KernelError::storage("the event store's appender has stopped")
+                })?;
+                answer.await.map_err(|_| {
+                    $crate::error::KernelError::storage("the event store's appender stopped before answering")
+                })?
             }
 
             async fn load_stream(
@@ -945,20 +1398,63 @@ mod tests {
 
     #[test]
     fn chunks_split_by_rows_and_bytes() {
-        let lens = |evs: &[NewEvent]| {
-            insert_chunks(evs)
+        let lens = |events: Vec<NewEvent>| {
+            let stream = StreamAppend {
+                aggregate_type: "t".into(),
+                aggregate_id: "a".into(),
+                expected_sequence: 0,
+                events,
+            };
+            let batch = AppendBatch {
+                streams: vec![],
+                correlation_id: Uuid::nil(),
+                causation_id: None,
+                actor: None,
+                recorded_at: Utc::now(),
+                idempotency: None,
+                reservations: vec![],
+                releases: vec![],
+                new_keys: vec![],
+            };
+            chunk_rows(rows_of(&batch, &stream))
                 .iter()
                 .map(|c| c.len())
                 .collect::<Vec<_>>()
         };
-        assert!(insert_chunks(&[]).is_empty());
-        assert_eq!(lens(&events(&[1; 1203])), vec![500, 500, 203]);
+        assert!(lens(vec![]).is_empty());
+        assert_eq!(lens(events(&[1; 1203])), vec![500, 500, 203]);
         let mb = 1 << 20;
+        assert_eq!(lens(events(&[3 * mb, 2 * mb, 9 * mb, 1])), vec![1, 1, 1, 1]);
+        assert_eq!(lens(events(&[mb, mb, mb, mb, 1])), vec![4, 1]);
+    }
+
+    #[test]
+    fn stream_sets_become_one_bound_condition() {
+        use crate::ports::{EventFilter, StreamSet};
+        let set = |types: &[&str], ids: Option<&[&str]>| StreamSet {
+            aggregate_types: types.iter().map(|t| t.to_string()).collect(),
+            aggregate_ids: ids.map(|ids| ids.iter().map(|i| i.to_string()).collect()),
+        };
+        let filter = EventFilter {
+            streams: Some(vec![
+                set(&["es-user"], Some(&["ann"])),
+                set(&["es-order", "es-payment"], Some(&[])),
+                set(&["es-custom"], None),
+            ]),
+            ..Default::default()
+        };
+        let (sql, binds) = log_condition(&filter);
         assert_eq!(
-            lens(&events(&[3 * mb, 2 * mb, 9 * mb, 1])),
-            vec![1, 1, 1, 1]
+            sql,
+            "position > ? AND ((aggregate_type IN (?) AND aggregate_id IN (?)) \
+             OR (aggregate_type IN (?)))"
         );
-        assert_eq!(lens(&events(&[mb, mb, mb, mb, 1])), vec![4, 1]);
+        assert_eq!(binds.len(), 4);
+        let nothing = EventFilter {
+            streams: Some(vec![set(&["es-order"], Some(&[]))]),
+            ..Default::default()
+        };
+        assert_eq!(log_condition(&nothing).0, "position > ? AND 1 = 0");
     }
 
     #[test]

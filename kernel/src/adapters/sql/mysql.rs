@@ -68,6 +68,7 @@ pub struct MySqlEventStore {
     pool: MySqlPool,
     /// Set once the gap query has failed and been logged, so it is logged once.
     gap_query_warned: Arc<AtomicBool>,
+    appender: super::SharedAppender,
 }
 
 impl std::fmt::Debug for MySqlEventStore {
@@ -92,6 +93,7 @@ impl MySqlEventStore {
         Self {
             pool,
             gap_query_warned: Arc::new(AtomicBool::new(false)),
+            appender: Default::default(),
         }
     }
 
@@ -227,6 +229,13 @@ impl MySqlEventStore {
     const COUNT_DISTINCT_STREAMS: &'static str = "COUNT(DISTINCT aggregate_type, aggregate_id)";
     const SELECT_OWNER_LOCKED: &'static str =
         "SELECT owner FROM reservations WHERE scope = ? AND value = ? FOR UPDATE";
+
+    /// Group commits in flight at once: while one waits for its fsync the next one gathers.
+    const APPENDERS: usize = 3;
+    /// Ends a multi-row data key INSERT, keeping rows already there.
+    const KEEP_EXISTING_KEY: &'static str = " ON DUPLICATE KEY UPDATE key_id = key_id";
+    /// Ends a SELECT that must see the latest committed rows, not the snapshot.
+    const LOCKING_READ: &'static str = " FOR UPDATE";
 
     /// Not INSERT IGNORE: that would also turn other errors (a too-long value) into warnings.
     const INSERT_KEY_IF_ABSENT: &'static str = "INSERT INTO data_keys \

@@ -31,6 +31,7 @@ pub struct SqliteEventStore {
     write: SqlitePool,
     /// Read-only connections (the same pool as `write` for an in-memory database).
     read: SqlitePool,
+    appender: super::SharedAppender,
 }
 
 impl std::fmt::Debug for SqliteEventStore {
@@ -79,12 +80,17 @@ impl SqliteEventStore {
         Self {
             write: pool.clone(),
             read: pool,
+            appender: Default::default(),
         }
     }
 
     /// A write pool (it should have `max_connections(1)`) and a read pool on the same file.
     pub fn from_pools(write: SqlitePool, read: SqlitePool) -> Self {
-        Self { write, read }
+        Self {
+            write,
+            read,
+            appender: Default::default(),
+        }
     }
 
     /// Applies `migrations/sqlite`.
@@ -149,6 +155,12 @@ impl SqliteEventStore {
         "COUNT(DISTINCT aggregate_type || '/' || aggregate_id)";
     const SELECT_OWNER_LOCKED: &'static str =
         "SELECT owner FROM reservations WHERE scope = ? AND value = ?";
+
+    /// SQLite has one writer: one appender.
+    const APPENDERS: usize = 1;
+    const KEEP_EXISTING_KEY: &'static str = " ON CONFLICT (key_id) DO NOTHING";
+    /// The only writer holds the write lock, so a plain read is current.
+    const LOCKING_READ: &'static str = "";
 
     const INSERT_KEY_IF_ABSENT: &'static str = "INSERT INTO data_keys \
          (key_id, aggregate_id, wrapped_key, created_at) VALUES (?, ?, ?, ?) \
