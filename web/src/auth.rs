@@ -8,6 +8,7 @@
 //!   restricts a token to those contexts.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{
     decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
+use lru::LruCache;
+use parking_lot::Mutex;
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::SecurityScheme;
@@ -124,7 +127,17 @@ struct KeysInner {
     audience: String,
     leeway: u64,
     enabled: bool,
+    /// Tokens that passed every check, with their claims, until their `exp` (plus leeway):
+    /// a client reuses its token for many requests, and the signature check and the claims'
+    /// JSON are most of what a cached read costs. The keys never change while the process
+    /// runs, so a kept answer stays right; only expiry needs checking again.
+    recent: Mutex<LruCache<String, Claims>>,
 }
+
+/// Verified tokens kept by [`JwtKeys::verify`], and the longest kept (so the cache stays
+/// under ~8 MiB whatever the tokens).
+const RECENT_TOKENS: usize = 4096;
+const MAX_REMEMBERED_TOKEN: usize = 2048;
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,6 +182,9 @@ impl JwtKeys {
                 audience: settings.jwt_audience.clone(),
                 leeway: settings.leeway.as_secs(),
                 enabled: settings.enabled,
+                recent: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(RECENT_TOKENS).expect("non-zero"),
+                )),
             }),
         }
     }
@@ -203,6 +219,24 @@ impl JwtKeys {
     /// Verifies a token. Every failure is a 401 whose detail names the reason but never
     /// echoes the token.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if let Some(claims) = self.inner.recent.lock().get(token) {
+            if now <= claims.exp.saturating_add(self.inner.leeway) {
+                return Ok(claims.clone());
+            }
+        }
+        let claims = self.verify_signed(token)?;
+        if token.len() <= MAX_REMEMBERED_TOKEN {
+            self.inner
+                .recent
+                .lock()
+                .put(token.to_string(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    /// The full check: header, pinned algorithm, signature and claims.
+    fn verify_signed(&self, token: &str) -> Result<Claims, ApiError> {
         let header = decode_header(token).map_err(|_| unauthorized("the token is malformed"))?;
         let pinned = match &header.kid {
             None => &self.inner.secret,

@@ -163,3 +163,43 @@ fn scopes_restrict_contexts() {
         "no scope: every context"
     );
 }
+
+/// A verified token is remembered, but never past its expiry: once `exp` (plus the leeway,
+/// here 0) has passed, the same token is refused like any expired one.
+#[test]
+fn a_remembered_token_still_expires() {
+    let mut settings = settings();
+    settings.security.leeway = Duration::ZERO;
+    let keys = JwtKeys::try_new(&settings.security).expect("keys");
+    let mut claims = keys.claims("alice", Role::Reader, Duration::from_secs(1));
+    claims.exp = chrono::Utc::now().timestamp() as u64 + 1;
+    let token = keys.mint_claims(&claims).expect("mint");
+    assert_eq!(keys.verify(&token).expect("fresh").sub, "alice");
+    assert_eq!(keys.verify(&token).expect("remembered").sub, "alice");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match keys.verify(&token) {
+            Err(ApiError::Unauthorized(reason)) => {
+                assert!(reason.contains("expired"), "{reason}");
+                break;
+            }
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => panic!("still accepted after its expiry: {other:?}"),
+        }
+    }
+    // A token differing from a remembered one in its signature is checked in full.
+    let token = keys
+        .mint("bob", Role::Reader, Duration::from_secs(600))
+        .expect("mint");
+    keys.verify(&token).expect("valid");
+    let mut forged = token.clone().into_bytes();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    assert!(matches!(
+        keys.verify(&forged),
+        Err(ApiError::Unauthorized(_))
+    ));
+}
