@@ -141,6 +141,7 @@ impl AuditApi {
             after_position: after_position.0.unwrap_or(0),
             from,
             to,
+            streams: None,
         };
         let paging = query(limit.0, offset.0);
         let page = self

@@ -2,6 +2,13 @@
 //! status, the execution history (newest first), the audit trail, the queue and the
 //! schedule, per-type metrics with latency percentiles, and the handlers with their circuit
 //! breakers (a breaker shows `half_open` once its `retry_at` has passed).
+//!
+//! A token that acts for a user ([`web::Claims::acting_user`]) sees only the commands whose
+//! payload's `user_id` is that user, with their history and audit entries: the restriction
+//! is part of each store query, so pages stay full and totals count only what it may see,
+//! and another user's command or audit entry by id answers 404 exactly like a missing one.
+//! The handlers and their circuit breakers describe the shared service and stay readable;
+//! the metrics aggregate every user's runs and are refused to it (403).
 
 use std::collections::BTreeMap;
 
@@ -19,7 +26,7 @@ use kernel::domain::command::read_model::{
 use kernel::domain::memento::projection::rfc3339;
 use kernel::ports::DocQuery;
 use kernel::spec::{Filter, Op, SortKey};
-use web::{ApiError, ApiResult, BearerAuth};
+use web::{ApiError, ApiResult, BearerAuth, Claims};
 
 use crate::query::{found, query, Page, MAX_LIMIT};
 use crate::ReadState;
@@ -128,6 +135,53 @@ fn unknown_type(field: &str, value: &str) -> ApiError {
             COMMAND_TYPES.join(", ")
         ),
     )
+}
+
+/// The field of a command document naming its user (inside the payload).
+const COMMAND_OWNER: &str = "payload.user_id";
+/// The field of a history or audit entry naming the command's user.
+const ENTRY_OWNER: &str = "user_id";
+
+/// The equality filter on `field` that keeps a query to the token's acting user's own
+/// documents; nothing when the token is not restricted.
+fn owned(claims: &Claims, field: &str) -> Option<(String, Value)> {
+    claims
+        .acting_user()
+        .map(|user| (field.to_string(), json!(user)))
+}
+
+/// A document read by id, or `None` (404, like a missing one) when the acting user does
+/// not own it; `owner` picks the user a document names.
+fn visible(
+    claims: &Claims,
+    doc: Option<Value>,
+    owner: fn(&Value) -> Option<&str>,
+) -> Option<Value> {
+    match claims.acting_user() {
+        None => doc,
+        Some(user) => doc.filter(|doc| owner(doc) == Some(user)),
+    }
+}
+
+fn command_owner(doc: &Value) -> Option<&str> {
+    doc.get("payload")
+        .and_then(|payload| payload.get("user_id"))
+        .and_then(Value::as_str)
+}
+
+fn entry_owner(doc: &Value) -> Option<&str> {
+    doc.get(ENTRY_OWNER).and_then(Value::as_str)
+}
+
+/// The metrics count every user's runs: a token acting for one user may not read them.
+fn refuse_acting(claims: &Claims, what: &str) -> ApiResult<()> {
+    match claims.acting_user() {
+        Some(user) => Err(ApiError::Forbidden(format!(
+            "this token acts for user {user}; {what} aggregate every user's commands and need \
+             a token that acts for no user"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn checked_type(field: &str, value: &str) -> ApiResult<()> {
@@ -309,7 +363,8 @@ type Offset = Query<Option<u64>>;
 
 #[OpenApi]
 impl CommandReadApi {
-    /// List commands, oldest first, optionally by status and type.
+    /// List commands, oldest first, optionally by status and type. A token acting for a
+    /// user lists only the commands whose `user_id` is that user.
     #[oai(path = "/commands", method = "get", tag = "ApiTags::Commands")]
     async fn list_commands(
         &self,
@@ -341,12 +396,14 @@ impl CommandReadApi {
             checked_type("type", &command_type)?;
             filter.push(("command_type".to_string(), json!(command_type)));
         }
+        filter.extend(owned(&auth.0, COMMAND_OWNER));
         let sort = vec![("created_at".to_string(), true)];
         self.page(COMMANDS, filter, None, sort, limit.0, offset.0)
             .await
     }
 
-    /// The execution history (executed, failed and undone runs), newest first.
+    /// The execution history (executed, failed and undone runs), newest first. A token
+    /// acting for a user sees only the runs of that user's commands.
     #[oai(path = "/commands/history", method = "get", tag = "ApiTags::Commands")]
     async fn history(
         &self,
@@ -358,11 +415,12 @@ impl CommandReadApi {
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
         let sort = vec![("position".to_string(), false)];
-        self.page(HISTORY, vec![], None, sort, limit.0, offset.0)
+        let filter = owned(&auth.0, ENTRY_OWNER).into_iter().collect();
+        self.page(HISTORY, filter, None, sort, limit.0, offset.0)
             .await
     }
 
-    /// Queued commands, oldest first.
+    /// Queued commands, oldest first (a token acting for a user: that user's only).
     #[oai(path = "/commands/queue", method = "get", tag = "ApiTags::Commands")]
     async fn queue(
         &self,
@@ -373,13 +431,15 @@ impl CommandReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
-        let filter = vec![("status".to_string(), json!("queued"))];
+        let mut filter = vec![("status".to_string(), json!("queued"))];
+        filter.extend(owned(&auth.0, COMMAND_OWNER));
         let sort = vec![("queued_at".to_string(), true)];
         self.page(COMMANDS, filter, None, sort, limit.0, offset.0)
             .await
     }
 
-    /// Scheduled commands, the soonest due first.
+    /// Scheduled commands, the soonest due first (a token acting for a user: that user's
+    /// only).
     #[oai(
         path = "/commands/scheduled",
         method = "get",
@@ -394,13 +454,15 @@ impl CommandReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
-        let filter = vec![("status".to_string(), json!("scheduled"))];
+        let mut filter = vec![("status".to_string(), json!("scheduled"))];
+        filter.extend(owned(&auth.0, COMMAND_OWNER));
         let sort = vec![("execute_at".to_string(), true)];
         self.page(COMMANDS, filter, None, sort, limit.0, offset.0)
             .await
     }
 
-    /// Every handler with its availability and circuit breaker.
+    /// Every handler with its availability and circuit breaker. Handlers belong to no user:
+    /// every reader of the context sees them, a token acting for a user too.
     #[oai(path = "/commands/handlers", method = "get", tag = "ApiTags::Commands")]
     async fn list_handlers(
         &self,
@@ -438,7 +500,9 @@ impl CommandReadApi {
         Ok(Json(handler_view(&name.0, doc.as_ref(), &now)))
     }
 
-    /// The audit trail: one entry per event of the context, oldest first.
+    /// The audit trail: one entry per event of the context, oldest first. A token acting
+    /// for a user sees only the entries of that user's commands (not those of handlers,
+    /// metrics resets or history clears).
     #[oai(path = "/commands/audit", method = "get", tag = "ApiTags::Commands")]
     async fn audit(
         &self,
@@ -450,11 +514,13 @@ impl CommandReadApi {
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
         let sort = vec![("position".to_string(), true)];
-        self.page(AUDIT, vec![], None, sort, limit.0, offset.0)
+        let filter = owned(&auth.0, ENTRY_OWNER).into_iter().collect();
+        self.page(AUDIT, filter, None, sort, limit.0, offset.0)
             .await
     }
 
-    /// Audit entries between two times (both inclusive, RFC 3339), oldest first.
+    /// Audit entries between two times (both inclusive, RFC 3339), oldest first; for a
+    /// token acting for a user, those of that user's commands only.
     #[oai(
         path = "/commands/audit/range",
         method = "get",
@@ -480,11 +546,13 @@ impl CommandReadApi {
             Filter::condition("at", Op::Lte, json!(to)),
         ]);
         let sort = vec![("at".to_string(), true), ("position".to_string(), true)];
-        self.page(AUDIT, vec![], Some(condition), sort, limit.0, offset.0)
+        let filter = owned(&auth.0, ENTRY_OWNER).into_iter().collect();
+        self.page(AUDIT, filter, Some(condition), sort, limit.0, offset.0)
             .await
     }
 
-    /// Audit entries of one command type, oldest first.
+    /// Audit entries of one command type, oldest first; for a token acting for a user,
+    /// those of that user's commands only.
     #[oai(
         path = "/commands/audit/type/:type",
         method = "get",
@@ -501,13 +569,15 @@ impl CommandReadApi {
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
         checked_type("type", &command_type.0)?;
-        let filter = vec![("command_type".to_string(), json!(command_type.0))];
+        let mut filter = vec![("command_type".to_string(), json!(command_type.0))];
+        filter.extend(owned(&auth.0, ENTRY_OWNER));
         let sort = vec![("position".to_string(), true)];
         self.page(AUDIT, filter, None, sort, limit.0, offset.0)
             .await
     }
 
-    /// An audit entry by id (the id of the event it records).
+    /// An audit entry by id (the id of the event it records). Another user's entry answers
+    /// a token acting for a user 404, like a missing one.
     #[oai(
         path = "/commands/audit/:id",
         method = "get",
@@ -525,10 +595,12 @@ impl CommandReadApi {
             return Err(ApiError::invalid("id", "must be a UUID (an event id)"));
         };
         let doc = self.state.read.get(AUDIT, &id.to_string()).await?;
+        let doc = visible(&auth.0, doc, entry_owner);
         Ok(Json(found(doc, &format!("audit entry {id}"))?))
     }
 
-    /// Metrics of every command type since its last reset.
+    /// Metrics of every command type since its last reset. They count every user's runs,
+    /// so a token acting for a user is refused (403).
     #[oai(path = "/commands/metrics", method = "get", tag = "ApiTags::Commands")]
     async fn list_metrics(
         &self,
@@ -537,6 +609,7 @@ impl CommandReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<MetricsList>> {
         self.ready(&auth, min_position.0).await?;
+        refuse_acting(&auth.0, "metrics")?;
         let items = self.metrics(None).await?;
         Ok(Json(MetricsList {
             total: items.len() as u64,
@@ -544,7 +617,8 @@ impl CommandReadApi {
         }))
     }
 
-    /// Metrics of one command type since its last reset.
+    /// Metrics of one command type since its last reset; refused (403) to a token acting
+    /// for a user, like all metrics.
     #[oai(
         path = "/commands/metrics/:type",
         method = "get",
@@ -558,6 +632,7 @@ impl CommandReadApi {
         min_position: MinPosition,
     ) -> ApiResult<Json<MetricsView>> {
         self.ready(&auth, min_position.0).await?;
+        refuse_acting(&auth.0, "metrics")?;
         checked_type("type", &command_type.0)?;
         let mut items = self.metrics(Some(&command_type.0)).await?;
         items
@@ -566,7 +641,8 @@ impl CommandReadApi {
             .ok_or_else(|| unknown_type("type", &command_type.0))
     }
 
-    /// The circuit breaker of every handler.
+    /// The circuit breaker of every handler (shared state of the service: readable by a
+    /// token acting for a user too).
     #[oai(
         path = "/commands/circuit-breaker/status",
         method = "get",
@@ -597,7 +673,8 @@ impl CommandReadApi {
         }))
     }
 
-    /// A command and its status.
+    /// A command and its status. Another user's command answers a token acting for a user
+    /// 404, like a missing one.
     #[oai(path = "/commands/:id", method = "get", tag = "ApiTags::Commands")]
     async fn get_command(
         &self,
@@ -608,6 +685,7 @@ impl CommandReadApi {
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
         let doc = self.state.read.get(COMMANDS, &id.0).await?;
+        let doc = visible(&auth.0, doc, command_owner);
         Ok(Json(found(doc, &format!("command {}", id.0))?))
     }
 }

@@ -1,6 +1,14 @@
 //! Event-sourcing read routes (seed 003): aggregates (current, from the `event-sourcing`
 //! projection; or at a past version or time, folded from the event store), the event log
 //! (read-only from the event store), snapshots, stats and info.
+//!
+//! A token that acts for a user ([`web::Claims::acting_user`]) reads only that user's own
+//! aggregates (an `es-user` whose id is the user, an order or a payment whose state's
+//! `user_id` is the user) and the shared custom ones: another user's aggregate, its events
+//! and its snapshots answer 404 like missing ones, and the event-log listings carry the
+//! restriction into the store query (the streams it may see, found in the read models), so
+//! pages stay full and totals right. `GET /stats` counts everyone's aggregates and is
+//! refused to it (403).
 
 use std::collections::BTreeMap;
 
@@ -11,15 +19,17 @@ use poem_openapi::{Object, OpenApi, Tags};
 use serde_json::{json, Value};
 
 use kernel::domain::event_sourcing::projection::{
-    assemble, AGGREGATES, FIELDS, PROJECTION_NAME, SNAPSHOTS,
+    assemble, field_doc_id, AGGREGATES, FIELDS, PROJECTION_NAME, SNAPSHOTS, STATE_PART,
 };
 use kernel::domain::event_sourcing::{
     is_valid_id, AggregateKind, EventKind, EventSourcingPolicy, GenericEvent, GenericState,
-    ORDER_STATUSES, PAYMENT_STATUSES, SERVICE_DESCRIPTION, SERVICE_NAME, SERVICE_VERSION,
+    ORDER_STATUSES, OWNER_KEY, PAYMENT_STATUSES, SERVICE_DESCRIPTION, SERVICE_NAME,
+    SERVICE_VERSION,
 };
 use kernel::domain::memento::projection::rfc3339;
 use kernel::envelope::StoredEvent;
-use kernel::ports::{DocQuery, EventFilter};
+use kernel::ports::{DocQuery, EventFilter, ReadStore, StreamSet};
+use kernel::KernelResult;
 use web::{ApiError, ApiResult, BearerAuth, Role};
 
 use crate::query::{found, query, Page};
@@ -29,6 +39,10 @@ use crate::ReadState;
 const SCOPE: &str = kernel::domain::Context::EventSourcing.as_str();
 /// Documents read per page when a whole set is needed (an aggregate's fields).
 const FIELD_PAGE: u32 = 1000;
+/// Most orders and payments a user may own for the event-log listings to be filtered for a
+/// token acting for that user (their ids go into the store query); beyond, those listings
+/// answer 403 and the events are read per aggregate.
+pub const MAX_OWNED_STREAMS: u64 = 1000;
 
 #[derive(Tags)]
 enum ApiTags {
@@ -92,6 +106,37 @@ fn unknown_aggregate(id: &str) -> ApiError {
     ApiError::NotFound(format!("aggregate {id} not found"))
 }
 
+/// The user an order or a payment belongs to now, from its state's `user_id` in the read
+/// models (`None`: it has none, or the read models do not have it yet).
+pub async fn state_owner(read: &dyn ReadStore, id: &str) -> KernelResult<Option<String>> {
+    let field = read
+        .get(FIELDS, &field_doc_id(id, STATE_PART, OWNER_KEY))
+        .await?;
+    Ok(field
+        .as_ref()
+        .and_then(|doc| doc.get("value"))
+        .and_then(Value::as_str)
+        .map(str::to_string))
+}
+
+/// Whether `user` may read the aggregate `id` (per the read models): it is shared, or the
+/// user owns it. Missing and forgotten aggregates are not visible.
+pub async fn visible_to(read: &dyn ReadStore, id: &str, user: &str) -> KernelResult<bool> {
+    let Some(doc) = read.get(AGGREGATES, id).await? else {
+        return Ok(false);
+    };
+    let kind = doc
+        .get("type")
+        .and_then(Value::as_str)
+        .and_then(AggregateKind::parse);
+    Ok(match kind {
+        None => false,
+        Some(kind) if kind.is_shared() => true,
+        Some(AggregateKind::User) => id == user,
+        Some(_) => state_owner(read, id).await?.as_deref() == Some(user),
+    })
+}
+
 impl EventSourcingReadApi {
     fn policy(&self) -> &EventSourcingPolicy {
         &self.state.event_sourcing
@@ -105,8 +150,12 @@ impl EventSourcingReadApi {
     }
 
     /// A reader of this context, for routes that read the event store (always up to date):
-    /// `min_position` only has to be a committed position.
+    /// `min_position` only has to be a committed position. For a token acting for a user,
+    /// whose ownership the read models tell, the projection must have reached it too.
     async fn reader(&self, auth: &BearerAuth, min_position: Option<u64>) -> ApiResult<()> {
+        if auth.0.acting_user().is_some() {
+            return self.ready(auth, min_position).await;
+        }
         auth.0.allow(Role::Reader, SCOPE)?;
         if let Some(wanted) = min_position.filter(|p| *p > 0) {
             let head = self.state.engine.store().head_position().await?;
@@ -118,6 +167,81 @@ impl EventSourcingReadApi {
             }
         }
         Ok(())
+    }
+
+    /// 404 (like a missing aggregate) unless the token's acting user, if any, may read `id`.
+    async fn require_visible(&self, auth: &BearerAuth, id: &str) -> ApiResult<()> {
+        let Some(user) = auth.0.acting_user() else {
+            return Ok(());
+        };
+        if visible_to(self.state.read.as_ref(), id, user).await? {
+            Ok(())
+        } else {
+            Err(unknown_aggregate(id))
+        }
+    }
+
+    /// The streams a token acting for a user may read in the event log (`None`: every one):
+    /// its own `es-user`, the orders and payments whose `user_id` is the user (from the read
+    /// models), and every custom aggregate. 403 when the user owns more than
+    /// [`MAX_OWNED_STREAMS`] orders and payments.
+    async fn visible_streams(&self, auth: &BearerAuth) -> ApiResult<Option<Vec<StreamSet>>> {
+        let Some(user) = auth.0.acting_user() else {
+            return Ok(None);
+        };
+        let mut q = DocQuery {
+            filter: vec![
+                ("part".into(), json!(STATE_PART)),
+                ("key".into(), json!(OWNER_KEY)),
+                ("value".into(), json!(user)),
+            ],
+            sort: vec![("aggregate_id".into(), true)],
+            limit: FIELD_PAGE,
+            ..Default::default()
+        };
+        let mut owned = Vec::new();
+        loop {
+            let page = self.state.read.find(FIELDS, &q).await?;
+            if page.total > MAX_OWNED_STREAMS {
+                return Err(ApiError::Forbidden(format!(
+                    "user {user} owns more than {MAX_OWNED_STREAMS} orders and payments: the \
+                     event log cannot be filtered for this token; read the events of each \
+                     aggregate with GET /events/aggregate/{{id}}"
+                )));
+            }
+            let got = page.items.len() as u64;
+            owned.extend(page.items.iter().filter_map(|doc| {
+                doc.get("aggregate_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }));
+            q.offset += got;
+            if got == 0 || q.offset >= page.total {
+                break;
+            }
+        }
+        let types = |kinds: &[AggregateKind]| -> Vec<String> {
+            kinds
+                .iter()
+                .map(|kind| kind.store_type().to_string())
+                .collect()
+        };
+        Ok(Some(vec![
+            StreamSet {
+                aggregate_types: types(&[AggregateKind::User]),
+                aggregate_ids: Some(vec![user.to_string()]),
+            },
+            // A custom aggregate with a `user_id` in its state is among `owned`, but its
+            // type is not in this set (it is in the next, shared, one).
+            StreamSet {
+                aggregate_types: types(&[AggregateKind::Order, AggregateKind::Payment]),
+                aggregate_ids: Some(owned),
+            },
+            StreamSet {
+                aggregate_types: types(&[AggregateKind::Custom]),
+                aggregate_ids: None,
+            },
+        ]))
     }
 
     /// The type of an existing aggregate id, from its events.
@@ -178,6 +302,7 @@ impl EventSourcingReadApi {
     #[allow(clippy::too_many_arguments)]
     async fn event_page(
         &self,
+        auth: &BearerAuth,
         mut filter: EventFilter,
         from: Option<String>,
         to: Option<String>,
@@ -192,6 +317,7 @@ impl EventSourcingReadApi {
         if filter.aggregate_types.is_empty() {
             filter.aggregate_types = AggregateKind::store_types();
         }
+        filter.streams = self.visible_streams(auth).await?;
         let paging = query(limit, offset);
         let page = self
             .state
@@ -305,7 +431,8 @@ impl EventSourcingReadApi {
 #[OpenApi(tag = "ApiTags::EventSourcing")]
 impl EventSourcingReadApi {
     /// Get an aggregate: its current state, or (time travel) its state at a past
-    /// `version` or at a past time `at` (RFC 3339), folded from its events.
+    /// `version` or at a past time `at` (RFC 3339), folded from its events. Another user's
+    /// aggregate answers a token acting for a user 404, like a missing one.
     #[oai(path = "/aggregates/:id", method = "get")]
     async fn get_aggregate(
         &self,
@@ -326,13 +453,16 @@ impl EventSourcingReadApi {
         }
         if version.0.is_none() && at.is_none() {
             self.ready(&auth, min_position.0).await?;
+            self.require_visible(&auth, &id.0).await?;
             return Ok(Json(self.current(&id.0).await?));
         }
         self.reader(&auth, min_position.0).await?;
+        self.require_visible(&auth, &id.0).await?;
         Ok(Json(self.past(&id.0, version.0, at).await?))
     }
 
-    /// The events of one aggregate, oldest first.
+    /// The events of one aggregate, oldest first (404 for another user's aggregate, to a
+    /// token acting for a user).
     #[oai(path = "/events/aggregate/:id", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn events_of_aggregate(
@@ -356,17 +486,28 @@ impl EventSourcingReadApi {
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<EventPage>> {
         self.reader(&auth, min_position.0).await?;
+        self.require_visible(&auth, &id.0).await?;
         let kind = self.resolve(&id.0).await?;
         let filter = EventFilter {
             aggregate_types: vec![kind.store_type().to_string()],
             aggregate_id: Some(id.0.clone()),
             ..Default::default()
         };
-        self.event_page(filter, from.0, to.0, limit.0, offset.0, after_position.0)
-            .await
+        self.event_page(
+            &auth,
+            filter,
+            from.0,
+            to.0,
+            limit.0,
+            offset.0,
+            after_position.0,
+        )
+        .await
     }
 
-    /// The events of one type (`user_created`, ...), oldest first.
+    /// The events of one type (`user_created`, ...), oldest first. A token acting for a
+    /// user gets only those of its own aggregates and of the shared custom ones (403 if the
+    /// user owns more than 1000 orders and payments).
     #[oai(path = "/events/type/:type", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn events_of_type(
@@ -400,11 +541,21 @@ impl EventSourcingReadApi {
             event_type: Some(kind.as_str().to_string()),
             ..Default::default()
         };
-        self.event_page(filter, from.0, to.0, limit.0, offset.0, after_position.0)
-            .await
+        self.event_page(
+            &auth,
+            filter,
+            from.0,
+            to.0,
+            limit.0,
+            offset.0,
+            after_position.0,
+        )
+        .await
     }
 
-    /// The events of the aggregates of one type (`user`, `order`, `payment`, `custom`).
+    /// The events of the aggregates of one type (`user`, `order`, `payment`, `custom`). A
+    /// token acting for a user gets only those of its own aggregates (and every custom one),
+    /// like `GET /events`.
     #[oai(path = "/events/aggregate-type/:type", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn events_of_aggregate_type(
@@ -438,11 +589,21 @@ impl EventSourcingReadApi {
             aggregate_types: vec![kind.store_type().to_string()],
             ..Default::default()
         };
-        self.event_page(filter, from.0, to.0, limit.0, offset.0, after_position.0)
-            .await
+        self.event_page(
+            &auth,
+            filter,
+            from.0,
+            to.0,
+            limit.0,
+            offset.0,
+            after_position.0,
+        )
+        .await
     }
 
-    /// Every event of this context's aggregates, oldest first.
+    /// Every event of this context's aggregates, oldest first. A token acting for a user
+    /// gets only the events of its own `user`, its orders and payments (`user_id`) and the
+    /// shared custom aggregates; 403 if the user owns more than 1000 orders and payments.
     #[oai(path = "/events", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn all_events(
@@ -463,6 +624,7 @@ impl EventSourcingReadApi {
     ) -> ApiResult<Json<EventPage>> {
         self.reader(&auth, min_position.0).await?;
         self.event_page(
+            &auth,
             EventFilter::default(),
             from.0,
             to.0,
@@ -473,7 +635,8 @@ impl EventSourcingReadApi {
         .await
     }
 
-    /// The snapshots taken of an aggregate (`POST /snapshots`), newest first.
+    /// The snapshots taken of an aggregate (`POST /snapshots`), newest first (404 for
+    /// another user's aggregate, to a token acting for a user).
     #[oai(path = "/snapshots/:aggregate_id", method = "get")]
     async fn snapshots(
         &self,
@@ -490,6 +653,7 @@ impl EventSourcingReadApi {
     ) -> ApiResult<Json<Page>> {
         self.ready(&auth, min_position.0).await?;
         let id = &aggregate_id.0;
+        self.require_visible(&auth, id).await?;
         found(
             self.state.read.get(AGGREGATES, id).await?,
             &format!("aggregate {id}"),
@@ -501,7 +665,8 @@ impl EventSourcingReadApi {
         Ok(Json(Page::new(page, q.limit, q.offset)))
     }
 
-    /// The newest snapshot of an aggregate (404 if it has none).
+    /// The newest snapshot of an aggregate (404 if it has none, or if it is another user's
+    /// and the token acts for a user).
     #[oai(path = "/snapshots/:aggregate_id/latest", method = "get")]
     async fn latest_snapshot(
         &self,
@@ -512,6 +677,7 @@ impl EventSourcingReadApi {
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
         let id = &aggregate_id.0;
+        self.require_visible(&auth, id).await?;
         found(
             self.state.read.get(AGGREGATES, id).await?,
             &format!("aggregate {id}"),
@@ -530,7 +696,8 @@ impl EventSourcingReadApi {
     }
 
     /// Statistics: events, aggregates and event types in the event store; aggregates by
-    /// type, active aggregates and snapshots in the read models.
+    /// type, active aggregates and snapshots in the read models. They count every user's
+    /// aggregates, so a token acting for a user is refused (403).
     #[oai(path = "/stats", method = "get")]
     async fn stats(
         &self,
@@ -539,6 +706,12 @@ impl EventSourcingReadApi {
         min_position: Query<Option<u64>>,
     ) -> ApiResult<Json<Value>> {
         self.ready(&auth, min_position.0).await?;
+        if let Some(user) = auth.0.acting_user() {
+            return Err(ApiError::Forbidden(format!(
+                "this token acts for user {user}; the statistics count every user's aggregates \
+                 and need a token that acts for no user"
+            )));
+        }
         let store = self.state.engine.store();
         let types = AggregateKind::store_types();
         let totals = store.event_stats(&types).await?;

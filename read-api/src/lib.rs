@@ -11,6 +11,7 @@ pub mod memento;
 pub mod owner;
 pub mod query;
 pub mod repository;
+pub mod stream_owner;
 pub mod ws;
 
 use std::collections::HashMap;

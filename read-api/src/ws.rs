@@ -3,6 +3,10 @@
 //! `from_position`: the server replays from the store up to the live feed's position, then
 //! goes live, with no gap and no duplicate at the seam. Slow consumers are closed (4008);
 //! an expired token closes the socket (4001).
+//!
+//! A token that acts for a user ([`Claims::acting_user`]) receives only the events of the
+//! aggregates that user owns and of the shared ones, in the replay and live alike: see
+//! [`crate::stream_owner`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 use kernel::envelope::RecordedEvent;
 use web::{ApiError, Claims, JwtKeys, Role};
 
+use crate::stream_owner::OwnerFilter;
 use crate::ReadState;
 
 /// Close codes of our own (4000-4999 are for applications).
@@ -184,6 +189,7 @@ pub async fn stream(
                 keys,
                 sink: Box::pin(sink),
                 stream: Box::pin(stream),
+                owners: None,
             };
             if let Err(reason) = session.run(claims).await {
                 tracing::debug!(%reason, "websocket closed");
@@ -201,6 +207,24 @@ struct Session {
     keys: JwtKeys,
     sink: Sink,
     stream: Stream,
+    /// What a token acting for a user may receive; `None` for other tokens.
+    owners: Option<OwnerFilter>,
+}
+
+/// Whether an event that matches the subscription may go to this connection's token
+/// (always, unless it acts for a user). Call [`OwnerFilter::observe`] first.
+async fn owner_allows(
+    owners: &mut Option<OwnerFilter>,
+    state: &ReadState,
+    event: &RecordedEvent,
+) -> Result<bool, String> {
+    match owners {
+        None => Ok(true),
+        Some(owners) => owners
+            .allows(state, event)
+            .await
+            .map_err(|err| err.to_string()),
+    }
 }
 
 impl Session {
@@ -228,6 +252,7 @@ impl Session {
             Some(claims) => claims,
             None => self.authenticate().await?,
         };
+        self.owners = claims.acting_user().map(OwnerFilter::new);
         let expires = tokio::time::Instant::now()
             + Duration::from_secs(
                 claims
@@ -259,7 +284,13 @@ impl Session {
                     }
                     received = live.recv() => match received {
                         Ok(event) => {
-                            if event.position > sent_up_to && subscription.matches(&event) {
+                            if let Some(owners) = &mut self.owners {
+                                owners.observe(&event);
+                            }
+                            if event.position > sent_up_to
+                                && subscription.matches(&event)
+                                && owner_allows(&mut self.owners, &self.state, &event).await?
+                            {
                                 self.send(event_message(&event)).await?;
                             }
                             sent_up_to = sent_up_to.max(event.position);
@@ -386,7 +417,12 @@ impl Session {
                         .await
                         .map_err(|err| err.to_string())?,
                 );
-                if subscription.matches(&event) {
+                if let Some(owners) = &mut self.owners {
+                    owners.observe(&event);
+                }
+                if subscription.matches(&event)
+                    && owner_allows(&mut self.owners, &self.state, &event).await?
+                {
                     self.send(event_message(&event)).await?;
                 }
             }

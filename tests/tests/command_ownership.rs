@@ -128,3 +128,269 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
     .expect_status(StatusCode::OK);
 }
 both_backends!(a_user_token_sends_only_its_own_commands);
+
+/// A GET on read-api with `token`, once the projections reached `position`.
+async fn read(app: &TestApp, token: &str, path: &str, position: u64) -> Reply {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let path = format!("{path}{sep}min_position={position}");
+    Reply::of(
+        app.anonymous(Method::GET, Side::Read, &path)
+            .bearer_auth(token),
+    )
+    .await
+}
+
+fn items(reply: &Reply) -> &Vec<Value> {
+    reply.body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a page has items: {}", reply.text))
+}
+
+/// The values of `field` in a page, sorted and deduplicated.
+fn values(reply: &Reply, field: &str) -> Vec<String> {
+    let mut values: Vec<String> = items(reply)
+        .iter()
+        .map(|item| item[field].as_str().unwrap_or("<none>").to_string())
+        .collect();
+    values.sort();
+    values.dedup();
+    values
+}
+
+/// Reads of the command context by a token acting for a user: its own commands only, in
+/// every listing (filtered in the query: totals and pages hold only its own), by id (404 like
+/// a missing one), in the history and the audit trail; the metrics are refused; handlers and
+/// breakers stay readable. Admins and tokens acting for nobody see everything.
+async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
+    for user in ["ann", "ben"] {
+        app.post(
+            "/users",
+            json!({"id": user, "email": format!("{user}@example.com"), "name": user}),
+        )
+        .await
+        .expect_status(StatusCode::CREATED);
+    }
+    let admin = app.token(Role::Admin);
+    let ann_writer = app.token_for_user(Role::Writer, "ann");
+    for (token, id, user) in [
+        (&ann_writer, "c-ann-1", "ann"),
+        (&ann_writer, "c-ann-2", "ann"),
+        (&admin, "c-ben-1", "ben"),
+    ] {
+        send(
+            &app,
+            token,
+            Method::POST,
+            "/commands/execute",
+            payment(id, user),
+        )
+        .await
+        .expect_status(StatusCode::OK);
+    }
+    // A command without a user, by an admin.
+    send(
+        &app,
+        &admin,
+        Method::POST,
+        "/commands/execute",
+        json!({"type": "system", "command_id": "c-sys", "action": "health_check"}),
+    )
+    .await
+    .expect_status(StatusCode::OK);
+    for (token, id, user) in [
+        (&ann_writer, "c-ann-s1", "ann"),
+        (&ann_writer, "c-ann-s2", "ann"),
+        (&admin, "c-ben-s", "ben"),
+    ] {
+        let body = json!({"execute_at": "2099-01-01T00:00:00Z", "command": payment(id, user)});
+        send(&app, token, Method::POST, "/commands/schedule", body)
+            .await
+            .expect_status(StatusCode::ACCEPTED);
+    }
+    // Ann undoes one and cancels another: those events name her too.
+    send(
+        &app,
+        &ann_writer,
+        Method::POST,
+        "/commands/undo",
+        json!({"command_id": "c-ann-1"}),
+    )
+    .await
+    .expect_status(StatusCode::OK);
+    send(
+        &app,
+        &ann_writer,
+        Method::DELETE,
+        "/commands/scheduled/c-ann-s2",
+        Value::Null,
+    )
+    .await
+    .expect_success();
+    let head = app.head_position().await;
+
+    let ann = app.token_for_user(Role::Reader, "ann");
+    let own = ["c-ann-1", "c-ann-2", "c-ann-s1", "c-ann-s2"];
+
+    // Listings: only hers, with totals and pages to match.
+    let page = read(&app, &ann, "/commands", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(values(&page, "id"), own, "{}", page.text);
+    assert_eq!(page.body["total"], 4, "{}", page.text);
+    let first = read(&app, &ann, "/commands?limit=2", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(items(&first).len(), 2);
+    assert_eq!(first.body["total"], 4);
+    assert_eq!(first.body["next"], 2);
+    let typed = read(&app, &ann, "/commands?type=payment&status=executed", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(values(&typed, "id"), ["c-ann-2"], "{}", typed.text);
+    let scheduled = read(&app, &ann, "/commands/scheduled", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(values(&scheduled, "id"), ["c-ann-s1"], "{}", scheduled.text);
+    let queue = read(&app, &ann, "/commands/queue", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(queue.body["total"], 0, "{}", queue.text);
+
+    // By id: another user's command answers exactly like a missing one.
+    let hidden = read(&app, &ann, "/commands/c-ben-1", head)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
+    let absent = read(&app, &ann, "/commands/c-nothing", head)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
+    assert_eq!(hidden.body["title"], absent.body["title"]);
+    assert_eq!(hidden.body["type"], absent.body["type"]);
+    read(&app, &ann, "/commands/c-sys", head)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
+    let mine = read(&app, &ann, "/commands/c-ann-1", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(mine.body["status"], "undone", "{}", mine.text);
+
+    // History: her runs, including the undo.
+    let history = read(&app, &ann, "/commands/history", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(
+        values(&history, "command_id"),
+        ["c-ann-1", "c-ann-2"],
+        "{}",
+        history.text
+    );
+    assert_eq!(
+        history.body["total"], 3,
+        "two runs and an undo: {}",
+        history.text
+    );
+    assert!(
+        items(&history)
+            .iter()
+            .any(|entry| entry["outcome"] == "undone"),
+        "{}",
+        history.text
+    );
+
+    // Audit: the entries of her commands only (no handler, no other user, no system).
+    let audit = read(&app, &ann, "/commands/audit", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(values(&audit, "command_id"), own, "{}", audit.text);
+    let statuses = values(&audit, "status");
+    for status in ["executed", "undone", "scheduled", "cancelled"] {
+        assert!(
+            statuses.iter().any(|s| s == status),
+            "{status}: {}",
+            audit.text
+        );
+    }
+    let total = audit.body["total"].as_u64().expect("a total");
+    let paged = read(&app, &ann, "/commands/audit?limit=1&offset=1", head)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(paged.body["total"], total);
+    assert_eq!(items(&paged).len(), 1);
+    for path in [
+        "/commands/audit/type/payment",
+        "/commands/audit/range?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+    ] {
+        let page = read(&app, &ann, path, head)
+            .await
+            .expect_status(StatusCode::OK);
+        assert_eq!(values(&page, "command_id"), own, "{path}: {}", page.text);
+        assert_eq!(page.body["total"], total, "{path}");
+    }
+    let everything = read(&app, &admin, "/commands/audit?limit=1000", head)
+        .await
+        .expect_status(StatusCode::OK);
+    let entry_of = |command: &str| {
+        items(&everything)
+            .iter()
+            .find(|entry| entry["command_id"] == command)
+            .and_then(|entry| entry["id"].as_str())
+            .unwrap_or_else(|| panic!("an audit entry of {command}: {}", everything.text))
+            .to_string()
+    };
+    let bens = read(
+        &app,
+        &ann,
+        &format!("/commands/audit/{}", entry_of("c-ben-1")),
+        head,
+    )
+    .await
+    .expect_problem(StatusCode::NOT_FOUND);
+    let nobody = read(
+        &app,
+        &ann,
+        "/commands/audit/00000000-0000-0000-0000-000000000000",
+        head,
+    )
+    .await
+    .expect_problem(StatusCode::NOT_FOUND);
+    assert_eq!(bens.body["title"], nobody.body["title"]);
+    read(
+        &app,
+        &ann,
+        &format!("/commands/audit/{}", entry_of("c-ann-2")),
+        head,
+    )
+    .await
+    .expect_status(StatusCode::OK);
+
+    // Metrics count everyone's runs: refused. Handlers and breakers are the service's.
+    for path in ["/commands/metrics", "/commands/metrics/payment"] {
+        read(&app, &ann, path, head)
+            .await
+            .expect_problem(StatusCode::FORBIDDEN);
+    }
+    for path in ["/commands/handlers", "/commands/circuit-breaker/status"] {
+        read(&app, &ann, path, head)
+            .await
+            .expect_status(StatusCode::OK);
+    }
+
+    // Admins (even acting for ann) and tokens acting for nobody see every command.
+    let reader = app.token(Role::Reader);
+    for token in [&admin, &app.token_for_user(Role::Admin, "ann"), &reader] {
+        let page = read(&app, token, "/commands", head)
+            .await
+            .expect_status(StatusCode::OK);
+        assert_eq!(page.body["total"], 7, "{}", page.text);
+        read(&app, token, "/commands/c-ben-1", head)
+            .await
+            .expect_status(StatusCode::OK);
+        let history = read(&app, token, "/commands/history", head)
+            .await
+            .expect_status(StatusCode::OK);
+        assert_eq!(history.body["total"], 5, "{}", history.text);
+        read(&app, token, "/commands/metrics", head)
+            .await
+            .expect_status(StatusCode::OK);
+    }
+}
+both_backends!(a_user_token_reads_only_its_own_commands);

@@ -3,6 +3,14 @@
 //!
 //! An aggregate id is unique across the four types (a reservation taken with the creation
 //! event); the type of an existing id is looked up in the event store.
+//!
+//! A token that acts for a user ([`web::Claims::acting_user`]) writes only that user's own
+//! aggregates: an `es-user` whose id is the user, an order or a payment whose state's
+//! `user_id` is the user. Another user's answers 404 like a missing one; a write that would
+//! leave the aggregate belonging to someone else (creating it for another user, or changing
+//! its `user_id`) is a 403. Custom aggregates have no owner and are shared, like the
+//! repository's products. Both checks run on the state as loaded and as decided, inside the
+//! unit of work.
 
 use std::collections::BTreeMap;
 
@@ -16,9 +24,9 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use kernel::domain::event_sourcing::{
-    is_valid_id, AggregateKind, CustomKind, EventKind, EventSourcingPolicy, GenericAggregate,
-    GenericCommand, GenericEvent, GenericState, Kind, OrderKind, PaymentKind, SnapshotLog,
-    SnapshotLogCommand, UserKind, ID_RESERVATION_SCOPE, SNAPSHOT_LOG,
+    is_valid_id, visible_to, AggregateKind, CustomKind, EventKind, EventSourcingPolicy,
+    GenericAggregate, GenericCommand, GenericEvent, GenericState, Kind, OrderKind, PaymentKind,
+    SnapshotLog, SnapshotLogCommand, UserKind, ID_RESERVATION_SCOPE, OWNER_KEY, SNAPSHOT_LOG,
 };
 use kernel::domain::DomainError;
 use kernel::engine::{Engine, UnitOfWork};
@@ -193,6 +201,55 @@ pub struct EventSourcingWriteApi {
     pub state: WriteState,
 }
 
+/// A write by a token that acts for `user`.
+#[derive(Debug, Clone, Copy)]
+struct Acting<'a> {
+    user: &'a str,
+    /// How another user's aggregate answers: `<what> not found`, like a missing one.
+    missing: &'a str,
+    /// The request field that names the aggregate's owner (`initial_state`, `changes`,
+    /// `data`, or the id field for a user), for the 403.
+    owner_field: &'a str,
+    /// The field naming the aggregate's id, for the 403 on a user (owned by its id).
+    id_field: &'a str,
+}
+
+/// Why a token acting for a user was refused (403), set by the unit of work that refused.
+#[derive(Default)]
+struct Refusal(std::sync::Mutex<Option<ApiError>>);
+
+impl Refusal {
+    fn set(&self, err: ApiError) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(err);
+        }
+    }
+
+    /// The refusal if there was one, else `err` as an API error.
+    fn or(&self, err: KernelError) -> ApiError {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or_else(|| err.into())
+    }
+}
+
+/// The acting user of a token, with how its refusals name things.
+fn acting<'a>(
+    auth: &'a BearerAuth,
+    missing: &'a str,
+    owner_field: &'a str,
+    id_field: &'a str,
+) -> Option<Acting<'a>> {
+    auth.0.acting_user().map(|user| Acting {
+        user,
+        missing,
+        owner_field,
+        id_field,
+    })
+}
+
 impl EventSourcingWriteApi {
     fn engine(&self) -> &Engine {
         &self.state.engine
@@ -203,20 +260,43 @@ impl EventSourcingWriteApi {
     }
 
     /// Decides `command` on the aggregate and commits it; a creation also reserves the id.
+    /// With `acting`, another user's aggregate is not found, and a decision that leaves the
+    /// aggregate to someone else is refused into `refusal`.
     async fn run<K: Kind>(
         &self,
         ctx: &CommandContext,
         id: &str,
+        acting: Option<Acting<'_>>,
+        refusal: &Refusal,
         command: impl Fn() -> GenericCommand + Send + Sync,
     ) -> KernelResult<Committed> {
         let engine = self.engine();
         let policy = self.policy();
         let command = &command;
+        let creating_command = matches!(command(), GenericCommand::Create { .. });
         engine
             .run(ctx, || async move {
-                let decision = engine
-                    .decide::<GenericAggregate<K>>(id, command(), policy)
-                    .await?;
+                let loaded = engine.load::<GenericAggregate<K>>(id).await?;
+                if let Some(acting) = acting {
+                    let before = loaded.state.state();
+                    // A creation over an existing id is a 409 whoever owns it, as in the
+                    // repository context.
+                    if before.is_created()
+                        && !creating_command
+                        && !visible_to(K::KIND, id, before.state(), acting.user)
+                    {
+                        return Err(DomainError::NotFound(acting.missing.to_string()).into());
+                    }
+                }
+                let decision =
+                    Engine::decide_on::<GenericAggregate<K>>(id, loaded, command(), policy).await?;
+                if let Some(acting) = acting {
+                    let after = decision.state_after.state();
+                    if !visible_to(K::KIND, id, after.state(), acting.user) {
+                        refusal.set(not_theirs(K::KIND, acting));
+                        return Err(DomainError::StateConflict("refused".into()).into());
+                    }
+                }
                 let creating = decision.base_sequence == 0;
                 let mut uow = UnitOfWork::new();
                 uow.push(decision)?;
@@ -228,11 +308,13 @@ impl EventSourcingWriteApi {
             .await
     }
 
-    /// Snapshots the aggregate now, and records the snapshot of `version` in its log.
+    /// Snapshots the aggregate now, and records the snapshot of `version` in its log; a
+    /// token acting for a user snapshots only its own (or shared) aggregates.
     async fn snapshot<K: Kind>(
         &self,
         ctx: &CommandContext,
         id: &str,
+        acting: Option<&str>,
         version: Option<u64>,
     ) -> KernelResult<Committed> {
         let engine = self.engine();
@@ -241,6 +323,11 @@ impl EventSourcingWriteApi {
         engine
             .run(ctx, || async move {
                 let loaded = engine.load::<GenericAggregate<K>>(id).await?;
+                if let Some(user) = acting {
+                    if !visible_to(K::KIND, id, loaded.state.state().state(), user) {
+                        return Err(DomainError::NotFound(format!("aggregate {id}")).into());
+                    }
+                }
                 let current = loaded.sequence;
                 let version = version.unwrap_or(current);
                 if version == 0 || version > current {
@@ -273,6 +360,24 @@ impl EventSourcingWriteApi {
             })
             .await
     }
+}
+
+/// The 403 of a write that would leave an aggregate of `kind` to another user (or to none).
+fn not_theirs(kind: AggregateKind, acting: Acting<'_>) -> ApiError {
+    let user = acting.user;
+    let field = match kind {
+        AggregateKind::User => acting.id_field.to_string(),
+        _ => format!("{}.{OWNER_KEY}", acting.owner_field),
+    };
+    ApiError::Forbidden(format!(
+        "{field}: this token acts for user {user} and may only write that user's own {kind} \
+         aggregates (whose {} is {user})",
+        if kind == AggregateKind::User {
+            "id"
+        } else {
+            OWNER_KEY
+        }
+    ))
 }
 
 /// The reservation that keeps an aggregate id unique across the four types.
@@ -416,8 +521,11 @@ impl EventSourcingWriteApi {
         };
         let data = request.initial_state.clone().unwrap_or_else(|| json!({}));
         let at = Utc::now();
+        let missing = format!("{kind} {id}");
+        let acting = acting(&auth, &missing, "initial_state", "id");
+        let refusal = Refusal::default();
         let committed = with_kind!(kind, K => {
-            self.run::<K>(&ctx, &id, || GenericCommand::Create {
+            self.run::<K>(&ctx, &id, acting, &refusal, || GenericCommand::Create {
                 id: id.clone(),
                 data: data.clone(),
                 metadata: metadata.clone(),
@@ -426,7 +534,7 @@ impl EventSourcingWriteApi {
             })
             .await
         })
-        .map_err(|err| renamed(err, "data", "initial_state"))?;
+        .map_err(|err| refusal.or(renamed(err, "data", "initial_state")))?;
         Ok(written(&committed, kind, &id, true))
     }
 
@@ -460,8 +568,11 @@ impl EventSourcingWriteApi {
             .await?
             .ok_or_else(|| unknown_aggregate(&id.0))?;
         let at = Utc::now();
+        let missing = format!("aggregate {}", id.0);
+        let acting = acting(&auth, &missing, "changes", "id");
+        let refusal = Refusal::default();
         let committed = with_kind!(kind, K => {
-            self.run::<K>(&ctx, &id.0, || GenericCommand::Update {
+            self.run::<K>(&ctx, &id.0, acting, &refusal, || GenericCommand::Update {
                 id: id.0.clone(),
                 changes: request.changes.clone(),
                 metadata: metadata.clone(),
@@ -469,7 +580,8 @@ impl EventSourcingWriteApi {
                 at,
             })
             .await
-        })?;
+        })
+        .map_err(|err| refusal.or(err))?;
         Ok(written(&committed, kind, &id.0, false))
     }
 
@@ -537,8 +649,11 @@ impl EventSourcingWriteApi {
         let event_type = EventKind::from(request.event_type).as_str();
         let data = request.data.clone().unwrap_or_else(|| json!({}));
         let at = Utc::now();
+        let missing = format!("{kind} {id}");
+        let acting = acting(&auth, &missing, "data", "aggregate_id");
+        let refusal = Refusal::default();
         let committed = with_kind!(kind, K => {
-            self.run::<K>(&ctx, id, || GenericCommand::Publish {
+            self.run::<K>(&ctx, id, acting, &refusal, || GenericCommand::Publish {
                 id: id.to_string(),
                 event_type: event_type.to_string(),
                 data: data.clone(),
@@ -548,7 +663,8 @@ impl EventSourcingWriteApi {
                 at,
             })
             .await
-        })?;
+        })
+        .map_err(|err| refusal.or(err))?;
         let created = committed
             .stream(kind.store_type(), id)
             .is_some_and(|stream| stream.sequence == 1);
@@ -580,7 +696,9 @@ impl EventSourcingWriteApi {
         let kind = resolve(engine, id)
             .await?
             .ok_or_else(|| unknown_aggregate(id))?;
-        let committed = with_kind!(kind, K => self.snapshot::<K>(&ctx, id, request.version).await)?;
+        let acting = auth.0.acting_user();
+        let committed =
+            with_kind!(kind, K => self.snapshot::<K>(&ctx, id, acting, request.version).await)?;
         // The answer names the snapshotted aggregate and version, read back from the log
         // (the same whether this request committed it or an idempotent replay found it).
         let version = match committed.stream(SNAPSHOT_LOG, id) {

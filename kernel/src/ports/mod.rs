@@ -102,6 +102,18 @@ pub struct EventFilter {
     pub from: Option<chrono::DateTime<chrono::Utc>>,
     /// `recorded_at < to`.
     pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events of these streams (an event matches when it is in one of the sets);
+    /// `None`: no restriction, an empty list: nothing. How a token acting for a user reads
+    /// only its own aggregates' events.
+    pub streams: Option<Vec<StreamSet>>,
+}
+
+/// Streams of an event-log query: those of `aggregate_types` whose id is in
+/// `aggregate_ids` (every id of those types when `aggregate_ids` is `None`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamSet {
+    pub aggregate_types: Vec<String>,
+    pub aggregate_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

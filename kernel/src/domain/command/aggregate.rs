@@ -178,6 +178,11 @@ pub enum CommandEvent {
         command_type: CommandType,
         reason: String,
         cancelled_at: DateTime<Utc>,
+        /// The payload's `user_id` (the user the command belongs to), repeated so the read
+        /// side can attribute the event without the earlier ones; absent in older events
+        /// and for commands without a user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
     },
     #[serde(rename = "command.undone")]
     Undone {
@@ -185,6 +190,9 @@ pub enum CommandEvent {
         command_type: CommandType,
         compensation: Value,
         undone_at: DateTime<Utc>,
+        /// As in `Cancelled`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
     },
 }
 
@@ -382,6 +390,7 @@ impl Command {
                     command_type: self.typed()?,
                     reason,
                     cancelled_at: at,
+                    user_id: self.user_id(),
                 }])
             }
             CommandOp::RecordUndone { compensation, at } => {
@@ -391,9 +400,18 @@ impl Command {
                     command_type: self.typed()?,
                     compensation,
                     undone_at: at,
+                    user_id: self.user_id(),
                 }])
             }
         }
+    }
+
+    /// The payload's `user_id`: the user the command belongs to, if any.
+    fn user_id(&self) -> Option<String> {
+        self.payload
+            .get("user_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 
     fn typed(&self) -> Result<CommandType, DomainError> {

@@ -218,6 +218,7 @@ fn command_cancel_only_while_pending() {
                 command_type: PAY,
                 reason: "no longer needed".into(),
                 cancelled_at: t(5),
+                user_id: Some("u1".into()),
             }]);
     }
     CommandTest::with(())
@@ -252,12 +253,14 @@ fn command_undo_once_and_only_when_undoable() {
             command_type: PAY,
             compensation: json!({ "action": "refund" }),
             undone_at: t(9),
+            user_id: Some("u1".into()),
         }]);
     let undone = CE::Undone {
         command_id: "c1".into(),
         command_type: PAY,
         compensation: json!({}),
         undone_at: t(9),
+        user_id: None,
     };
     let result = CommandTest::with(())
         .given(vec![executed(true), undone])

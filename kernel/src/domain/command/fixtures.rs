@@ -79,6 +79,7 @@ pub fn command_samples() -> Vec<CommandEvent> {
             command_type: CommandType::Payment,
             reason: "cancelled before it was due".into(),
             cancelled_at: at(3),
+            user_id: Some("user-1".into()),
         },
         CommandEvent::Undone {
             command_id: "cmd-1".into(),
@@ -86,6 +87,7 @@ pub fn command_samples() -> Vec<CommandEvent> {
             compensation: json!({ "action": "refund", "aggregate_type": "payment",
                                   "aggregate_id": "cmd-1", "status": "refunded" }),
             undone_at: at(4),
+            user_id: Some("user-1".into()),
         },
     ]
 }

@@ -217,6 +217,8 @@ struct CommandStep {
     history: Option<Map<String, Value>>,
     /// Executed and failed runs count in the type's metrics: (latency µs, failed).
     run: Option<(f64, bool)>,
+    /// The user the command belongs to (its payload's `user_id`), when the event says.
+    user_id: Option<String>,
 }
 
 /// The status a command event leads to, from its type alone.
@@ -261,13 +263,17 @@ fn command_ops(event: &RecordedEvent) -> Result<Vec<DocOp>, ProjectionError> {
     if let (Some((latency_us, failed)), Some(command_type)) = (step.run, &step.command_type) {
         ops.extend(count_run(command_type, latency_us, failed));
     }
-    ops.push(audit_entry(
+    let mut audit = audit_entry(
         event,
         Some(&event.aggregate_id),
         step.command_type.as_deref(),
         Some(step.status),
         step.at,
-    ));
+    );
+    if let DocOp::Upsert { doc, .. } = &mut audit {
+        doc["user_id"] = json!(step.user_id);
+    }
+    ops.push(audit);
     Ok(ops)
 }
 
@@ -281,7 +287,24 @@ fn shredded_step(event: &RecordedEvent, status: &'static str) -> CommandStep {
         at: event.recorded_at,
         history: outcome.then(Map::new),
         run: None,
+        user_id: None,
     }
+}
+
+/// A payload's `user_id`: the user a command belongs to.
+fn owner_of(payload: &Value) -> Option<String> {
+    payload
+        .get("user_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// A field of an event's data that names the command's user (`user_id` of cancelled and
+/// undone events, absent in older ones).
+#[derive(Deserialize)]
+struct Owner {
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
 fn parsed_step(
@@ -298,6 +321,7 @@ fn parsed_step(
                     "command_type": e.command_type, "payload": e.payload,
                     "source": e.source, "queued_at": rfc3339(e.queued_at),
                 })),
+                user_id: owner_of(&e.payload),
                 command_type: Some(e.command_type),
                 at: e.queued_at,
                 history: None,
@@ -312,6 +336,7 @@ fn parsed_step(
                     "command_type": e.command_type, "payload": e.payload, "source": "schedule",
                     "execute_at": rfc3339(e.execute_at), "scheduled_at": rfc3339(e.scheduled_at),
                 })),
+                user_id: owner_of(&e.payload),
                 command_type: Some(e.command_type),
                 at: e.scheduled_at,
                 history: None,
@@ -335,6 +360,7 @@ fn parsed_step(
                     "source": e.source, "result": e.result, "undoable": e.undoable,
                     "latency_ms": latency_ms,
                 }))),
+                user_id: owner_of(&e.payload),
                 command_type: Some(e.command_type),
                 at: e.executed_at,
                 run: Some((e.latency_us, false)),
@@ -356,6 +382,7 @@ fn parsed_step(
                 history: Some(fields(json!({
                     "source": e.source, "error": e.error, "latency_ms": latency_ms,
                 }))),
+                user_id: owner_of(&e.payload),
                 command_type: Some(e.command_type),
                 at: e.failed_at,
                 run: Some((e.latency_us, true)),
@@ -363,7 +390,9 @@ fn parsed_step(
         }
         "cancelled" => {
             let e: Cancelled = parse(event, data)?;
+            let owner: Owner = parse(event, data)?;
             CommandStep {
+                user_id: owner.user_id,
                 status,
                 fields: fields(json!({
                     "command_type": e.command_type, "cancel_reason": e.reason,
@@ -377,7 +406,9 @@ fn parsed_step(
         }
         _ => {
             let e: Undone = parse(event, data)?;
+            let owner: Owner = parse(event, data)?;
             CommandStep {
+                user_id: owner.user_id,
                 status,
                 fields: fields(json!({
                     "command_type": e.command_type, "compensation": e.compensation,
@@ -446,6 +477,7 @@ fn history_entry(event: &RecordedEvent, step: &CommandStep, details: Map<String,
         "undoable": false, "latency_ms": null,
     }));
     entry.extend(details);
+    entry.insert("user_id".into(), json!(step.user_id));
     entry.insert("actor".into(), json!(event.actor));
     entry.insert("at".into(), json!(rfc3339(step.at)));
     entry.insert("position".into(), json!(event.position));
@@ -516,6 +548,7 @@ fn audit_entry(
             "event": event.event_type,
             "status": status,
             "actor": event.actor,
+            "user_id": null,
             "at": rfc3339(at),
             "position": event.position,
         }),
@@ -838,7 +871,7 @@ mod tests {
                 "id": Uuid::from_u128(1).to_string(), "aggregate_type": "command",
                 "command_id": "c1", "command_type": "payment", "handler": null,
                 "event": "command.queued", "status": "queued", "actor": "alice",
-                "at": AT0, "position": 101,
+                "user_id": null, "at": AT0, "position": 101,
             })
         );
     }
@@ -982,7 +1015,54 @@ mod tests {
         let history = upserted(only(&ops, HISTORY));
         assert_eq!(history["outcome"], "undone");
         assert_eq!(history["compensation"], json!({"released": 3}));
+        assert_eq!(history["user_id"], Value::Null);
         assert!(op_in(&ops, METRICS).is_empty());
+    }
+
+    #[test]
+    fn history_and_audit_entries_name_the_commands_user() {
+        let payload = json!({"user_id": "ann", "amount": 5});
+        let executed = recorded(
+            COMMAND,
+            "c1",
+            1,
+            "command.executed",
+            Some(
+                json!({"command_type": "payment", "payload": payload, "source": "sync",
+                        "result": {}, "undoable": true, "latency_us": 10, "executed_at": T0}),
+            ),
+        );
+        let ops = project(&executed);
+        assert_eq!(upserted(only(&ops, HISTORY))["user_id"], "ann");
+        assert_eq!(upserted(only(&ops, AUDIT))["user_id"], "ann");
+        assert_eq!(upserted(only(&ops, COMMANDS))["payload"]["user_id"], "ann");
+        // Later events repeat the user; older ones without it stay unattributed.
+        let undone = |data: Value| recorded(COMMAND, "c1", 2, "command.undone", Some(data));
+        let ops = project(&undone(
+            json!({"command_type": "payment", "compensation": {},
+                                          "undone_at": T1, "user_id": "ann"}),
+        ));
+        assert_eq!(upserted(only(&ops, HISTORY))["user_id"], "ann");
+        assert_eq!(upserted(only(&ops, AUDIT))["user_id"], "ann");
+        let ops = project(&undone(
+            json!({"command_type": "payment", "compensation": {},
+                                          "undone_at": T1}),
+        ));
+        assert_eq!(upserted(only(&ops, AUDIT))["user_id"], Value::Null);
+        let cancelled = recorded(
+            COMMAND,
+            "c2",
+            2,
+            "command.cancelled",
+            Some(
+                json!({"command_type": "payment", "reason": "r", "cancelled_at": T1,
+                        "user_id": "ann"}),
+            ),
+        );
+        assert_eq!(
+            upserted(only(&project(&cancelled), AUDIT))["user_id"],
+            "ann"
+        );
     }
 
     #[test]

@@ -76,6 +76,31 @@ pub fn owns(aggregate_type: &str) -> bool {
     aggregate_type.starts_with(TYPE_PREFIX)
 }
 
+/// The state key naming the user an order or a payment belongs to.
+pub const OWNER_KEY: &str = "user_id";
+
+/// Who an aggregate belongs to, for a token that acts for one user: a user is its own
+/// (its id), an order or a payment the `user_id` of its current state (`None` without
+/// one). Custom aggregates belong to nobody: they are shared ([`AggregateKind::is_shared`]).
+pub fn owner<'a>(
+    kind: AggregateKind,
+    id: &'a str,
+    state: &'a Map<String, Value>,
+) -> Option<&'a str> {
+    match kind {
+        AggregateKind::User => Some(id),
+        AggregateKind::Order | AggregateKind::Payment => {
+            state.get(OWNER_KEY).and_then(Value::as_str)
+        }
+        AggregateKind::Custom => None,
+    }
+}
+
+/// Whether `user` may read and write the aggregate: it owns it, or the aggregate is shared.
+pub fn visible_to(kind: AggregateKind, id: &str, state: &Map<String, Value>, user: &str) -> bool {
+    kind.is_shared() || owner(kind, id, state) == Some(user)
+}
+
 /// Rewrites a stored payload of an older `event_version` into the current shape.
 pub fn upcast(
     _aggregate_type: &str,
@@ -127,6 +152,12 @@ impl AggregateKind {
 
     pub fn parse(name: &str) -> Option<AggregateKind> {
         AggregateKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Custom aggregates have no owning user: every token of the context reads and writes
+    /// them, like the repository's products.
+    pub const fn is_shared(self) -> bool {
+        matches!(self, AggregateKind::Custom)
     }
 
     pub fn from_store_type(aggregate_type: &str) -> Option<AggregateKind> {
@@ -447,6 +478,22 @@ mod tests {
         }
         assert!(is_valid_id("user-123"));
         assert!(!is_valid_id("a/b"));
+    }
+
+    #[test]
+    fn event_sourcing_owners() {
+        let state = |value: Value| value.as_object().cloned().expect("obj");
+        let alice = state(json!({"user_id": "alice"}));
+        let none = state(json!({}));
+        assert_eq!(owner(AggregateKind::User, "alice", &none), Some("alice"));
+        assert_eq!(owner(AggregateKind::Order, "o1", &alice), Some("alice"));
+        assert_eq!(owner(AggregateKind::Payment, "p1", &none), None);
+        assert_eq!(owner(AggregateKind::Custom, "c1", &alice), None);
+        assert!(visible_to(AggregateKind::Order, "o1", &alice, "alice"));
+        assert!(!visible_to(AggregateKind::Order, "o1", &alice, "bob"));
+        assert!(!visible_to(AggregateKind::User, "alice", &none, "bob"));
+        assert!(!visible_to(AggregateKind::Payment, "p1", &none, "bob"));
+        assert!(visible_to(AggregateKind::Custom, "c1", &alice, "bob"));
     }
 
     #[test]
