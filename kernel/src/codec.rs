@@ -465,10 +465,10 @@ impl Codec {
     }
 
     /// The key that seals a write to `key_id`'s streams. When the store has no key yet, a new
-    /// one comes back with its wrapped form and `defer_new` decides where it is stored: in the
-    /// append's own transaction (`true`, see [`WriteKey::new_key`]; the key is remembered only
-    /// through [`Codec::remember`] once that commits) or right now on its own (`false`).
-    pub async fn write_key(&self, key_id: &str, defer_new: bool) -> KernelResult<WriteKey> {
+    /// one comes back with its wrapped form, and `new_keys` says where it is stored (see
+    /// [`NewKeys`]); one stored with the append is remembered only through
+    /// [`Codec::remember`], once that commits.
+    pub async fn write_key(&self, key_id: &str, new_keys: NewKeys) -> KernelResult<WriteKey> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         if !self.settings.encryption_enabled {
             return Ok(WriteKey {
@@ -477,14 +477,17 @@ impl Codec {
                 epoch,
             });
         }
+        let defer_new = new_keys != NewKeys::StoreNow;
+        let ask_store = new_keys != NewKeys::WithAppendUnasked;
         if defer_new {
             let cached = self.cache.lock().get(key_id).cloned();
             let key = match cached {
                 Some(key) => Some(key),
-                None => match self.keys.get(key_id).await? {
+                None if ask_store => match self.keys.get(key_id).await? {
                     Some(wrapped) => Some(self.cache_unwrapped(key_id, &wrapped, epoch)?),
                     None => None,
                 },
+                None => None,
             };
             if let Some(key) = key {
                 return Ok(WriteKey {
@@ -509,6 +512,17 @@ impl Codec {
             new_key: None,
             epoch,
         })
+    }
+
+    /// Caches the key the store holds for `key_id`, if any: after an append that proposed a
+    /// new key failed with a conflict, another writer's key is the one the retry must use.
+    pub async fn learn(&self, key_id: &str) {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if let Ok(Some(wrapped)) = self.keys.get(key_id).await {
+            if let Err(err) = self.cache_unwrapped(key_id, &wrapped, epoch) {
+                tracing::warn!(key_id, error = %err, "a stored data key does not unwrap");
+            }
+        }
     }
 
     /// Seals a payload with a key from [`Codec::write_key`].
@@ -580,6 +594,19 @@ impl Codec {
         }
         Ok(key)
     }
+}
+
+/// Where [`Codec::write_key`] stores a key it has to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewKeys {
+    /// Right away, on its own (the key store is not the event store).
+    StoreNow,
+    /// In the append's transaction (`AppendBatch::new_keys`); the store is asked first.
+    WithAppend,
+    /// In the append's transaction without asking first: the stream has no events yet, so
+    /// a stored key is rare. A forgotten id still fails in the append (`Forgotten`); another
+    /// writer's key makes it a conflict, after which [`Codec::learn`] fetches that key.
+    WithAppendUnasked,
 }
 
 /// The key a write seals with ([`Codec::write_key`]).

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::codec::{self, Aad, Codec};
+use crate::codec::{self, Aad, Codec, NewKeys};
 use crate::domain::{Context, EventSourced};
 use crate::envelope::{
     AppendBatch, CommandContext, Committed, NewEvent, RecordedEvent, Reservation, StoredEvent,
@@ -420,7 +420,12 @@ impl Engine {
             let index = match write_keys.iter().position(|(id, _)| *id == key_id) {
                 Some(index) => index,
                 None => {
-                    let key = self.codec.write_key(&key_id, self.keys_with_events).await?;
+                    let new_keys = match (self.keys_with_events, pending.expected_sequence) {
+                        (false, _) => NewKeys::StoreNow,
+                        (true, 0) => NewKeys::WithAppendUnasked,
+                        (true, _) => NewKeys::WithAppend,
+                    };
+                    let key = self.codec.write_key(&key_id, new_keys).await?;
                     write_keys.push((key_id, key));
                     write_keys.len() - 1
                 }
@@ -461,7 +466,19 @@ impl Engine {
                 .filter_map(|(_, key)| key.new_key().cloned())
                 .collect(),
         };
-        let committed = self.store.append(batch).await?;
+        let committed = match self.store.append(batch).await {
+            Ok(committed) => committed,
+            Err(err) => {
+                if matches!(err, KernelError::Conflict { .. }) {
+                    for (key_id, key) in &write_keys {
+                        if key.new_key().is_some() {
+                            self.codec.learn(key_id).await;
+                        }
+                    }
+                }
+                return Err(err);
+            }
+        };
         for (_, key) in &write_keys {
             self.codec.remember(key);
         }

@@ -429,3 +429,67 @@ async fn forget_purges_mementos_of_the_subject_in_other_caretakers() {
         "the subject's state survives in {keeper}'s memento"
     );
 }
+
+/// A new aggregate's key is made without asking the store and stored with its first events.
+/// A key already stored under the id (another writer's, or one an earlier version stored
+/// before an append that then failed) makes the first attempt a conflict; the engine then
+/// learns that key, the retry seals with it, and the events decode. A forgotten id stays
+/// forgotten.
+async fn new_aggregates_use_a_key_already_stored(mariadb: bool) {
+    let rig = rig(mariadb).await;
+    let id = format!("orphan-{}", rig::hex_id());
+    let key_id = codec::key_id(ORIGINATOR, &id);
+    let stored = codec::DataKey::generate().wrap(&rig.master, &key_id);
+    rig.keys
+        .put_if_absent(&key_id, &stored)
+        .await
+        .expect("store a key with no events");
+    rig::create_originator(
+        &rig.engine,
+        &id,
+        OriginatorKind::Document,
+        json!({"content": "one"}),
+    )
+    .await;
+    assert_eq!(
+        rig.keys.get(&key_id).await.expect("get"),
+        Some(stored),
+        "the stored key stays"
+    );
+    let loaded = rig.engine.load::<Originator>(&id).await.expect("load");
+    assert_eq!(loaded.sequence, 1);
+
+    let gone = format!("gone-{}", rig::hex_id());
+    rig.keys
+        .forget(&codec::key_id(ORIGINATOR, &gone))
+        .await
+        .expect("forget an unseen id");
+    let gone_owned = gone.clone();
+    let err = rig
+        .engine
+        .execute::<Originator, _>(
+            &gone,
+            || OriginatorCommand::CreateOriginator {
+                id: gone_owned.clone(),
+                kind: OriginatorKind::Document,
+                name: "gone".into(),
+                state: None,
+                at: rig::at(0),
+            },
+            &rig::policy(),
+            &CommandContext::default(),
+        )
+        .await
+        .expect_err("a forgotten id");
+    assert!(matches!(err, KernelError::Forgotten(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_new_aggregates_use_a_key_already_stored() {
+    new_aggregates_use_a_key_already_stored(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_new_aggregates_use_a_key_already_stored() {
+    new_aggregates_use_a_key_already_stored(true).await;
+}
