@@ -231,10 +231,14 @@ impl RepositoryReadApi {
         Ok(Json(Page::new(page, q.limit, q.offset)))
     }
 
-    /// The catalog entry of a type, with its document count.
-    async fn describe(&self, info: &TypeInfo) -> ApiResult<Value> {
+    /// The catalog entry of a type, with its document count (of the documents `auth` may
+    /// read).
+    async fn describe(&self, auth: &BearerAuth, info: &TypeInfo) -> ApiResult<Value> {
         let mut q = query(Some(1), None);
         q.sort = vec![];
+        // A token acting for a user counts only what it may read.
+        q.filter
+            .extend(owner::owner_filter(&auth.0, info.collection));
         let count = self.state.read.find(info.collection, &q).await?.total;
         let fields: Vec<Value> = info
             .fields
@@ -468,7 +472,7 @@ impl RepositoryReadApi {
         self.ready(&auth, min_position.0).await?;
         let mut items = Vec::with_capacity(TYPES.len());
         for info in &TYPES {
-            items.push(self.describe(info).await?);
+            items.push(self.describe(&auth, info).await?);
         }
         Ok(Json(json!({ "items": items, "total": TYPES.len() })))
     }
@@ -496,7 +500,7 @@ impl RepositoryReadApi {
                     kind.0
                 ))
             })?;
-        Ok(Json(self.describe(info).await?))
+        Ok(Json(self.describe(&auth, info).await?))
     }
 
     /// Run a specification query: a filter tree, a sort and a page over one repository type.

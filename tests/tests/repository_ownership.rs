@@ -144,6 +144,33 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
         .expect_status(StatusCode::OK);
         assert_eq!(ids(&page), vec![own], "{kind}: {}", page.text);
     }
+    // The catalog counts only what the token may read; an admin counts everyone's.
+    let counts = |reply: &Reply| -> Vec<(String, u64)> {
+        reply.body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("items: {}", reply.text))
+            .iter()
+            .map(|item| {
+                let name = item["type"].as_str().expect("type").to_string();
+                (name, item["count"].as_u64().expect("count"))
+            })
+            .collect()
+    };
+    let own_counts = read(&app, &alice, "/repositories", position)
+        .await
+        .expect_status(StatusCode::OK);
+    let all_counts = read(&app, &admin, "/repositories", position)
+        .await
+        .expect_status(StatusCode::OK);
+    for ((name, own), (_, all)) in counts(&own_counts).into_iter().zip(counts(&all_counts)) {
+        let (expected_own, expected_all) = if name == "products" { (1, 1) } else { (1, 2) };
+        assert_eq!((own, all), (expected_own, expected_all), "{name}");
+    }
+    let payments = read(&app, &alice, "/repositories/payments", position)
+        .await
+        .expect_status(StatusCode::OK);
+    assert_eq!(payments.body["count"], 1, "{}", payments.text);
+
     let query = json!({
         "type": "payments",
         "filter": { "field": "user_id", "op": "eq", "value": "bob" },
