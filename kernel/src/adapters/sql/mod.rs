@@ -440,7 +440,6 @@ fn streams_condition(streams: &[crate::ports::StreamSet], binds: &mut Vec<LogBin
 /// - const `COUNT_DISTINCT_STREAMS`, the SQL that counts distinct (type, id) pairs;
 /// - consts `SELECT_OWNER_LOCKED` (the owner of a reservation, read with a lock where the
 ///   backend has row locks), `INSERT_KEY_IF_ABSENT` and `INSERT_FORGOTTEN_IF_ABSENT`,
-///   `KEEP_EXISTING_KEY` (the tail of a multi-row key INSERT that keeps existing rows),
 ///   `LOCKING_READ` (the tail of a SELECT that must read the latest rows) and `APPENDERS`
 ///   (group commits in flight at once);
 /// - a field `appender: SharedAppender` (see [`Appender`]).
@@ -622,9 +621,12 @@ macro_rules! sql_event_store {
                 Ok(())
             }
 
-            /// Stores new data keys, keeping any row already there; then a locking read
-            /// checks each id holds OUR key. Another writer's key gives `clash()` (the caller
-            /// retries and seals with that key), a forgotten id `Forgotten`.
+            /// Stores new data keys with a plain INSERT, in key order: concurrent writers'
+            /// inserts then never wait on each other (an upsert's gap locks made them
+            /// deadlock). A key id that is already stored fails the statement (only it; the
+            /// transaction goes on), and a locking read tells why: a forgotten id gives
+            /// `Forgotten`, another writer's key `clash()` (the caller retries and seals with
+            /// that key).
             async fn insert_new_keys(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 keys: &[$crate::envelope::NewDataKey],
@@ -636,41 +638,39 @@ macro_rules! sql_event_store {
                 if keys.is_empty() {
                     return Ok(());
                 }
+                let mut sorted: Vec<&$crate::envelope::NewDataKey> = keys.iter().collect();
+                sorted.sort_by(|a, b| a.key_id.cmp(&b.key_id));
                 let at = common::micros(at);
                 let mut insert = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO data_keys (key_id, aggregate_id, wrapped_key, created_at) ",
                 );
-                insert.push_values(keys, |mut row, key| {
+                insert.push_values(&sorted, |mut row, key| {
                     row.push_bind(key.key_id.as_str())
                         .push_bind(common::key_aggregate_id(&key.key_id))
                         .push_bind(key.wrapped.as_slice())
                         .push_bind(at);
                 });
-                insert.push(Self::KEEP_EXISTING_KEY);
-                insert.build().execute(&mut *conn).await.map_err(&sql_error)?;
+                match insert.build().execute(&mut *conn).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if common::is_unique_violation(&e) => {}
+                    Err(e) => return Err(sql_error(e)),
+                }
 
                 let mut select = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT key_id, wrapped_key FROM data_keys WHERE key_id IN (",
+                    "SELECT key_id FROM data_keys WHERE forgotten_at IS NOT NULL AND key_id IN (",
                 );
                 let mut ids = select.separated(", ");
-                for key in keys {
+                for key in &sorted {
                     ids.push_bind(key.key_id.as_str());
                 }
                 select.push(")");
                 select.push(Self::LOCKING_READ);
-                let stored: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-                    select.build_query_as().fetch_all(&mut *conn).await.map_err(&sql_error)?;
-                for key in keys {
-                    let row = stored.iter().find(|(id, _)| id.as_slice() == key.key_id.as_bytes());
-                    match row {
-                        Some((_, Some(wrapped))) if *wrapped == key.wrapped => {}
-                        Some((_, None)) => {
-                            return Err($crate::error::KernelError::Forgotten(key.key_id.clone()))
-                        }
-                        _ => return Err(clash()),
-                    }
+                let forgotten: Option<Vec<u8>> =
+                    select.build_query_scalar().fetch_optional(&mut *conn).await.map_err(&sql_error)?;
+                match forgotten {
+                    Some(key_id) => Err($crate::error::KernelError::Forgotten(common::text(key_id)?)),
+                    None => Err(clash()),
                 }
-                Ok(())
             }
 
             /// One multi-row INSERT of event rows.

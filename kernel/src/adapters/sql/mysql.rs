@@ -83,6 +83,9 @@ impl MySqlEventStore {
     pub async fn connect(url: &str, max_connections: u32) -> KernelResult<Self> {
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections.max(1))
+            // No PING before every acquire (a round trip per statement): a connection that
+            // died fails its statement, is dropped by the pool, and the error surfaces once.
+            .test_before_acquire(false)
             .connect(url)
             .await
             .map_err(KernelError::storage)?;
@@ -225,15 +228,15 @@ impl MySqlEventStore {
         Ok(open)
     }
 
-    /// A locking read: it sees the latest committed owner, not the transaction's snapshot.
     const COUNT_DISTINCT_STREAMS: &'static str = "COUNT(DISTINCT aggregate_type, aggregate_id)";
+    /// A locking read: it sees the latest committed owner, not the transaction's snapshot.
+    /// A shared lock, like the one the failed INSERT's duplicate check already holds: two
+    /// writers racing for one value would deadlock asking for exclusive ones.
     const SELECT_OWNER_LOCKED: &'static str =
-        "SELECT owner FROM reservations WHERE scope = ? AND value = ? FOR UPDATE";
+        "SELECT owner FROM reservations WHERE scope = ? AND value = ? LOCK IN SHARE MODE";
 
     /// Group commits in flight at once: while one waits for its fsync the next one gathers.
     const APPENDERS: usize = 3;
-    /// Ends a multi-row data key INSERT, keeping rows already there.
-    const KEEP_EXISTING_KEY: &'static str = " ON DUPLICATE KEY UPDATE key_id = key_id";
     /// Ends a SELECT that must see the latest committed rows, not the snapshot.
     const LOCKING_READ: &'static str = " FOR UPDATE";
 

@@ -158,7 +158,6 @@ impl SqliteEventStore {
 
     /// SQLite has one writer: one appender.
     const APPENDERS: usize = 1;
-    const KEEP_EXISTING_KEY: &'static str = " ON CONFLICT (key_id) DO NOTHING";
     /// The only writer holds the write lock, so a plain read is current.
     const LOCKING_READ: &'static str = "";
 
