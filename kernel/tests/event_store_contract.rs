@@ -955,6 +955,42 @@ contract!(
 );
 
 /// Auto-increment gaps: a position is taken at INSERT and becomes visible at COMMIT.
+/// Writers in separate processes (here: stores of their own, so their appends are separate
+/// transactions, never one group) creating many aggregates each at once, with interleaving
+/// ids: none may fail. Storing new keys by an upsert plus a locking read made them deadlock,
+/// which surfaced as conflicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_concurrent_creators_never_conflict() {
+    let db = support::fresh_mysql().await;
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let store = MySqlEventStore::from_pool(db.store.pool().clone());
+            tasks.push(tokio::spawn(async move {
+                let ids: Vec<String> = (0..20).map(|i| format!("c-{round}-{i:02}-w{w}")).collect();
+                let mut b = batch(ids.iter().map(|id| stream("user", id, 0, 1)).collect());
+                b.new_keys = ids
+                    .iter()
+                    .map(|id| kernel::envelope::NewDataKey {
+                        key_id: format!("user/{id}"),
+                        wrapped: id.as_bytes().to_vec(),
+                    })
+                    .collect();
+                store.append(b).await
+            }));
+        }
+        for task in tasks {
+            task.await
+                .expect("task")
+                .expect("a creator never conflicts");
+        }
+    }
+    assert_eq!(
+        db.store.get("user/c-4-07-w3").await.expect("get"),
+        Some(b"c-4-07-w3".to_vec())
+    );
+}
+
 mod mariadb_gaps {
     use super::*;
     use sqlx::{MySql, Transaction};
