@@ -16,6 +16,8 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use web::{JwtKeys, Role};
 
+pub mod ws;
+
 /// The JWT secret every test app uses.
 pub const JWT_SECRET: &str = "quintet-test-secret-0123456789abcdef";
 pub const JWT_ISSUER: &str = "quintet";
@@ -233,6 +235,13 @@ impl Drop for TestApp {
     }
 }
 
+/// `path` with `min_position=<position>` added to its query: a read of it waits until the
+/// projections reached `position`.
+pub fn at_position(path: &str, position: u64) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}min_position={position}")
+}
+
 /// Which API a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -348,9 +357,41 @@ impl TestApp {
 
     /// GET on read-api after the projections have reached `position` (read your writes).
     pub async fn get_at(&self, path: &str, position: u64) -> Reply {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        self.get(&format!("{path}{sep}min_position={position}"))
+        self.get(&at_position(path, position)).await
+    }
+
+    /// `method path` on `side` with `token`, and a JSON body when given.
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: Method,
+        side: Side,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.anonymous(method, side, path).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Reply::of(request).await
+    }
+
+    /// `method path` with a JSON body on write-api, with `token`.
+    pub async fn write_as(&self, token: &str, method: Method, path: &str, body: Value) -> Reply {
+        self.send_as(token, method, Side::Write, path, Some(body))
             .await
+    }
+
+    /// A GET on read-api with `token`, once the projections reached `position`.
+    pub async fn read_at(&self, token: &str, path: &str, position: u64) -> Reply {
+        self.send_as(
+            token,
+            Method::GET,
+            Side::Read,
+            &at_position(path, position),
+            None,
+        )
+        .await
     }
 
     /// The event store's head position, read directly.
@@ -495,6 +536,31 @@ impl Reply {
         assert_eq!(body, header, "position in body and header differ");
         assert!(body > 0, "a committed position is positive");
         body
+    }
+
+    /// The `items` of a page.
+    pub fn items(&self) -> &Vec<Value> {
+        self.body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a page has items: {}", self.text))
+    }
+
+    /// The `id` of each item of a page, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.items()
+            .iter()
+            .map(|item| item["id"].as_str().expect("an id").to_string())
+            .collect()
+    }
+
+    /// The event types a write reports in `events`.
+    pub fn event_types(&self) -> Vec<String> {
+        self.body["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a write has events: {}", self.text))
+            .iter()
+            .map(|e| e.as_str().expect("an event type").to_string())
+            .collect()
     }
 
     /// The field names in the problem's `errors`.

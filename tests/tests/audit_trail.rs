@@ -9,10 +9,11 @@ use quintet_tests::{both_backends, Reply, Side, TestApp};
 use web::Role;
 
 async fn write_as(app: &TestApp, subject: &str, path: &str, body: Value) -> u64 {
-    Reply::of(
-        app.anonymous(Method::POST, Side::Write, path)
-            .bearer_auth(app.token_for(subject, Role::Writer))
-            .json(&body),
+    app.write_as(
+        &app.token_for(subject, Role::Writer),
+        Method::POST,
+        path,
+        body,
     )
     .await
     .expect_success()
@@ -20,9 +21,12 @@ async fn write_as(app: &TestApp, subject: &str, path: &str, body: Value) -> u64 
 }
 
 async fn audit(app: &TestApp, token: &str, query: &str) -> Reply {
-    Reply::of(
-        app.anonymous(Method::GET, Side::Read, &format!("/audit{query}"))
-            .bearer_auth(token),
+    app.send_as(
+        token,
+        Method::GET,
+        Side::Read,
+        &format!("/audit{query}"),
+        None,
     )
     .await
 }

@@ -139,58 +139,59 @@ async fn roles(app: TestApp) {
     let before = app.head_position().await;
 
     // A reader cannot write.
-    let reply = Reply::of(
-        app.anonymous(Method::POST, Side::Write, "/mementos/caretakers")
-            .bearer_auth(&reader)
-            .json(&json!({ "name": "c1" })),
-    )
-    .await
-    .expect_problem(StatusCode::FORBIDDEN);
+    let reply = app
+        .write_as(
+            &reader,
+            Method::POST,
+            "/mementos/caretakers",
+            json!({ "name": "c1" }),
+        )
+        .await
+        .expect_problem(StatusCode::FORBIDDEN);
     assert!(
         reply.text.to_lowercase().contains("writer"),
         "{}",
         reply.text
     );
-    Reply::of(
-        app.anonymous(Method::PUT, Side::Write, "/originators/x/state")
-            .bearer_auth(&reader)
-            .json(&json!({ "state": {} })),
+    app.write_as(
+        &reader,
+        Method::PUT,
+        "/originators/x/state",
+        json!({ "state": {} }),
     )
     .await
     .expect_problem(StatusCode::FORBIDDEN);
     assert_eq!(app.head_position().await, before);
 
     // A writer and an admin can.
-    let p1 = Reply::of(
-        app.anonymous(Method::POST, Side::Write, "/mementos/caretakers")
-            .bearer_auth(&writer)
-            .json(&json!({ "name": "c1" })),
-    )
-    .await
-    .expect_status(StatusCode::CREATED)
-    .position();
-    let p2 = Reply::of(
-        app.anonymous(Method::POST, Side::Write, "/mementos/caretakers")
-            .bearer_auth(&admin)
-            .json(&json!({ "name": "c2" })),
-    )
-    .await
-    .expect_status(StatusCode::CREATED)
-    .position();
+    let p1 = app
+        .write_as(
+            &writer,
+            Method::POST,
+            "/mementos/caretakers",
+            json!({ "name": "c1" }),
+        )
+        .await
+        .expect_status(StatusCode::CREATED)
+        .position();
+    let p2 = app
+        .write_as(
+            &admin,
+            Method::POST,
+            "/mementos/caretakers",
+            json!({ "name": "c2" }),
+        )
+        .await
+        .expect_status(StatusCode::CREATED)
+        .position();
     assert!(p2 > p1);
 
     // Every role can read.
     for token in [&reader, &writer, &admin] {
-        let reply = Reply::of(
-            app.anonymous(
-                Method::GET,
-                Side::Read,
-                &format!("/mementos/caretakers?min_position={p2}"),
-            )
-            .bearer_auth(token),
-        )
-        .await
-        .expect_status(StatusCode::OK);
+        let reply = app
+            .read_at(token, "/mementos/caretakers", p2)
+            .await
+            .expect_status(StatusCode::OK);
         assert_eq!(reply.body["total"], 2, "{}", reply.text);
     }
 }
@@ -201,41 +202,30 @@ both_backends!(roles);
 async fn scopes(app: TestApp) {
     let memento_only = app.token_scoped(Role::Writer, "memento");
     let elsewhere = app.token_scoped(Role::Admin, "repository");
-    let position = Reply::of(
-        app.anonymous(Method::POST, Side::Write, "/mementos/caretakers")
-            .bearer_auth(&memento_only)
-            .json(&json!({ "name": "scoped" })),
-    )
-    .await
-    .expect_status(StatusCode::CREATED)
-    .position();
-    Reply::of(
-        app.anonymous(Method::POST, Side::Write, "/mementos/caretakers")
-            .bearer_auth(&elsewhere)
-            .json(&json!({ "name": "other" })),
+    let position = app
+        .write_as(
+            &memento_only,
+            Method::POST,
+            "/mementos/caretakers",
+            json!({ "name": "scoped" }),
+        )
+        .await
+        .expect_status(StatusCode::CREATED)
+        .position();
+    app.write_as(
+        &elsewhere,
+        Method::POST,
+        "/mementos/caretakers",
+        json!({ "name": "other" }),
     )
     .await
     .expect_problem(StatusCode::FORBIDDEN);
-    Reply::of(
-        app.anonymous(
-            Method::GET,
-            Side::Read,
-            &format!("/mementos/caretakers/scoped?min_position={position}"),
-        )
-        .bearer_auth(&elsewhere),
-    )
-    .await
-    .expect_problem(StatusCode::FORBIDDEN);
-    Reply::of(
-        app.anonymous(
-            Method::GET,
-            Side::Read,
-            &format!("/mementos/caretakers/scoped?min_position={position}"),
-        )
-        .bearer_auth(&memento_only),
-    )
-    .await
-    .expect_status(StatusCode::OK);
+    app.read_at(&elsewhere, "/mementos/caretakers/scoped", position)
+        .await
+        .expect_problem(StatusCode::FORBIDDEN);
+    app.read_at(&memento_only, "/mementos/caretakers/scoped", position)
+        .await
+        .expect_status(StatusCode::OK);
 }
 both_backends!(scopes);
 

@@ -52,13 +52,14 @@ async fn execute(app: &TestApp, body: Value) -> Reply {
 }
 
 async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Reply {
-    let mut request = app
-        .anonymous(method, quintet_tests::Side::Write, path)
-        .bearer_auth(app.token(Role::Admin));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    Reply::of(request).await
+    app.send_as(
+        &app.token(Role::Admin),
+        method,
+        quintet_tests::Side::Write,
+        path,
+        body,
+    )
+    .await
 }
 
 async fn stock(app: &TestApp, product: &str) -> u64 {

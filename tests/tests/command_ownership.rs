@@ -7,14 +7,6 @@ use serde_json::{json, Value};
 use quintet_tests::{both_backends, Reply, Side, TestApp};
 use web::Role;
 
-async fn send(app: &TestApp, token: &str, method: Method, path: &str, body: Value) -> Reply {
-    let mut request = app.anonymous(method, Side::Write, path).bearer_auth(token);
-    if !body.is_null() {
-        request = request.json(&body);
-    }
-    Reply::of(request).await
-}
-
 fn payment(command_id: &str, user_id: &str) -> Value {
     json!({
         "type": "payment", "command_id": command_id, "user_id": user_id, "amount": 10.0,
@@ -35,20 +27,19 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
     let head = app.head_position().await;
 
     // Someone else's payment, a command without a user: 403, and nothing written.
-    let reply = send(
-        &app,
-        &ann,
-        Method::POST,
-        "/commands/execute",
-        payment("c-ben", "ben"),
-    )
-    .await;
+    let reply = app
+        .write_as(
+            &ann,
+            Method::POST,
+            "/commands/execute",
+            payment("c-ben", "ben"),
+        )
+        .await;
     assert_eq!(
         reply.expect_problem(StatusCode::FORBIDDEN).error_fields(),
         Vec::<String>::new()
     );
-    send(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/commands/execute",
@@ -57,12 +48,12 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
     .await
     .expect_problem(StatusCode::FORBIDDEN);
     let batch = json!([payment("c-ann-1", "ann"), payment("c-ben-1", "ben")]);
-    send(&app, &ann, Method::POST, "/commands/execute-batch", batch)
+    app.write_as(&ann, Method::POST, "/commands/execute-batch", batch)
         .await
         .expect_problem(StatusCode::FORBIDDEN);
     let schedule =
         json!({"execute_at": "2099-01-01T00:00:00Z", "command": payment("c-ben-2", "ben")});
-    send(&app, &ann, Method::POST, "/commands/schedule", schedule)
+    app.write_as(&ann, Method::POST, "/commands/schedule", schedule)
         .await
         .expect_problem(StatusCode::FORBIDDEN);
     assert_eq!(
@@ -72,8 +63,7 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
     );
 
     // Their own: accepted.
-    send(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/commands/execute",
@@ -84,8 +74,7 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
 
     // Another user's command, sent by an admin: invisible to ann's token for undo and cancel.
     let admin = app.token(Role::Admin);
-    send(
-        &app,
+    app.write_as(
         &admin,
         Method::POST,
         "/commands/execute",
@@ -95,11 +84,10 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
     .expect_status(StatusCode::OK);
     let scheduled =
         json!({"execute_at": "2099-01-01T00:00:00Z", "command": payment("c-ben-4", "ben")});
-    send(&app, &admin, Method::POST, "/commands/schedule", scheduled)
+    app.write_as(&admin, Method::POST, "/commands/schedule", scheduled)
         .await
         .expect_status(StatusCode::ACCEPTED);
-    send(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/commands/undo",
@@ -107,18 +95,17 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
     )
     .await
     .expect_problem(StatusCode::NOT_FOUND);
-    send(
-        &app,
+    app.send_as(
         &ann,
         Method::DELETE,
+        Side::Write,
         "/commands/scheduled/c-ben-4",
-        Value::Null,
+        None,
     )
     .await
     .expect_problem(StatusCode::NOT_FOUND);
     // ...while ann undoes her own.
-    send(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/commands/undo",
@@ -129,26 +116,10 @@ async fn a_user_token_sends_only_its_own_commands(app: TestApp) {
 }
 both_backends!(a_user_token_sends_only_its_own_commands);
 
-/// A GET on read-api with `token`, once the projections reached `position`.
-async fn read(app: &TestApp, token: &str, path: &str, position: u64) -> Reply {
-    let sep = if path.contains('?') { '&' } else { '?' };
-    let path = format!("{path}{sep}min_position={position}");
-    Reply::of(
-        app.anonymous(Method::GET, Side::Read, &path)
-            .bearer_auth(token),
-    )
-    .await
-}
-
-fn items(reply: &Reply) -> &Vec<Value> {
-    reply.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a page has items: {}", reply.text))
-}
-
 /// The values of `field` in a page, sorted and deduplicated.
 fn values(reply: &Reply, field: &str) -> Vec<String> {
-    let mut values: Vec<String> = items(reply)
+    let mut values: Vec<String> = reply
+        .items()
         .iter()
         .map(|item| item[field].as_str().unwrap_or("<none>").to_string())
         .collect();
@@ -177,19 +148,12 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
         (&ann_writer, "c-ann-2", "ann"),
         (&admin, "c-ben-1", "ben"),
     ] {
-        send(
-            &app,
-            token,
-            Method::POST,
-            "/commands/execute",
-            payment(id, user),
-        )
-        .await
-        .expect_status(StatusCode::OK);
+        app.write_as(token, Method::POST, "/commands/execute", payment(id, user))
+            .await
+            .expect_status(StatusCode::OK);
     }
     // A command without a user, by an admin.
-    send(
-        &app,
+    app.write_as(
         &admin,
         Method::POST,
         "/commands/execute",
@@ -203,13 +167,12 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
         (&admin, "c-ben-s", "ben"),
     ] {
         let body = json!({"execute_at": "2099-01-01T00:00:00Z", "command": payment(id, user)});
-        send(&app, token, Method::POST, "/commands/schedule", body)
+        app.write_as(token, Method::POST, "/commands/schedule", body)
             .await
             .expect_status(StatusCode::ACCEPTED);
     }
     // Ann undoes one and cancels another: those events name her too.
-    send(
-        &app,
+    app.write_as(
         &ann_writer,
         Method::POST,
         "/commands/undo",
@@ -217,12 +180,12 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    send(
-        &app,
+    app.send_as(
         &ann_writer,
         Method::DELETE,
+        Side::Write,
         "/commands/scheduled/c-ann-s2",
-        Value::Null,
+        None,
     )
     .await
     .expect_success();
@@ -232,49 +195,58 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
     let own = ["c-ann-1", "c-ann-2", "c-ann-s1", "c-ann-s2"];
 
     // Listings: only hers, with totals and pages to match.
-    let page = read(&app, &ann, "/commands", head)
+    let page = app
+        .read_at(&ann, "/commands", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(values(&page, "id"), own, "{}", page.text);
     assert_eq!(page.body["total"], 4, "{}", page.text);
-    let first = read(&app, &ann, "/commands?limit=2", head)
+    let first = app
+        .read_at(&ann, "/commands?limit=2", head)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(items(&first).len(), 2);
+    assert_eq!(first.items().len(), 2);
     assert_eq!(first.body["total"], 4);
     assert_eq!(first.body["next"], 2);
-    let typed = read(&app, &ann, "/commands?type=payment&status=executed", head)
+    let typed = app
+        .read_at(&ann, "/commands?type=payment&status=executed", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(values(&typed, "id"), ["c-ann-2"], "{}", typed.text);
-    let scheduled = read(&app, &ann, "/commands/scheduled", head)
+    let scheduled = app
+        .read_at(&ann, "/commands/scheduled", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(values(&scheduled, "id"), ["c-ann-s1"], "{}", scheduled.text);
-    let queue = read(&app, &ann, "/commands/queue", head)
+    let queue = app
+        .read_at(&ann, "/commands/queue", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(queue.body["total"], 0, "{}", queue.text);
 
     // By id: another user's command answers exactly like a missing one.
-    let hidden = read(&app, &ann, "/commands/c-ben-1", head)
+    let hidden = app
+        .read_at(&ann, "/commands/c-ben-1", head)
         .await
         .expect_problem(StatusCode::NOT_FOUND);
-    let absent = read(&app, &ann, "/commands/c-nothing", head)
+    let absent = app
+        .read_at(&ann, "/commands/c-nothing", head)
         .await
         .expect_problem(StatusCode::NOT_FOUND);
     assert_eq!(hidden.body["title"], absent.body["title"]);
     assert_eq!(hidden.body["type"], absent.body["type"]);
-    read(&app, &ann, "/commands/c-sys", head)
+    app.read_at(&ann, "/commands/c-sys", head)
         .await
         .expect_problem(StatusCode::NOT_FOUND);
-    let mine = read(&app, &ann, "/commands/c-ann-1", head)
+    let mine = app
+        .read_at(&ann, "/commands/c-ann-1", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(mine.body["status"], "undone", "{}", mine.text);
 
     // History: her runs, including the undo.
-    let history = read(&app, &ann, "/commands/history", head)
+    let history = app
+        .read_at(&ann, "/commands/history", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(
@@ -289,7 +261,8 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
         history.text
     );
     assert!(
-        items(&history)
+        history
+            .items()
             .iter()
             .any(|entry| entry["outcome"] == "undone"),
         "{}",
@@ -297,7 +270,8 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
     );
 
     // Audit: the entries of her commands only (no handler, no other user, no system).
-    let audit = read(&app, &ann, "/commands/audit", head)
+    let audit = app
+        .read_at(&ann, "/commands/audit", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(values(&audit, "command_id"), own, "{}", audit.text);
@@ -310,51 +284,54 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
         );
     }
     let total = audit.body["total"].as_u64().expect("a total");
-    let paged = read(&app, &ann, "/commands/audit?limit=1&offset=1", head)
+    let paged = app
+        .read_at(&ann, "/commands/audit?limit=1&offset=1", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(paged.body["total"], total);
-    assert_eq!(items(&paged).len(), 1);
+    assert_eq!(paged.items().len(), 1);
     for path in [
         "/commands/audit/type/payment",
         "/commands/audit/range?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
     ] {
-        let page = read(&app, &ann, path, head)
+        let page = app
+            .read_at(&ann, path, head)
             .await
             .expect_status(StatusCode::OK);
         assert_eq!(values(&page, "command_id"), own, "{path}: {}", page.text);
         assert_eq!(page.body["total"], total, "{path}");
     }
-    let everything = read(&app, &admin, "/commands/audit?limit=1000", head)
+    let everything = app
+        .read_at(&admin, "/commands/audit?limit=1000", head)
         .await
         .expect_status(StatusCode::OK);
     let entry_of = |command: &str| {
-        items(&everything)
+        everything
+            .items()
             .iter()
             .find(|entry| entry["command_id"] == command)
             .and_then(|entry| entry["id"].as_str())
             .unwrap_or_else(|| panic!("an audit entry of {command}: {}", everything.text))
             .to_string()
     };
-    let bens = read(
-        &app,
-        &ann,
-        &format!("/commands/audit/{}", entry_of("c-ben-1")),
-        head,
-    )
-    .await
-    .expect_problem(StatusCode::NOT_FOUND);
-    let nobody = read(
-        &app,
-        &ann,
-        "/commands/audit/00000000-0000-0000-0000-000000000000",
-        head,
-    )
-    .await
-    .expect_problem(StatusCode::NOT_FOUND);
+    let bens = app
+        .read_at(
+            &ann,
+            &format!("/commands/audit/{}", entry_of("c-ben-1")),
+            head,
+        )
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
+    let nobody = app
+        .read_at(
+            &ann,
+            "/commands/audit/00000000-0000-0000-0000-000000000000",
+            head,
+        )
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
     assert_eq!(bens.body["title"], nobody.body["title"]);
-    read(
-        &app,
+    app.read_at(
         &ann,
         &format!("/commands/audit/{}", entry_of("c-ann-2")),
         head,
@@ -364,12 +341,12 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
 
     // Metrics count everyone's runs: refused. Handlers and breakers are the service's.
     for path in ["/commands/metrics", "/commands/metrics/payment"] {
-        read(&app, &ann, path, head)
+        app.read_at(&ann, path, head)
             .await
             .expect_problem(StatusCode::FORBIDDEN);
     }
     for path in ["/commands/handlers", "/commands/circuit-breaker/status"] {
-        read(&app, &ann, path, head)
+        app.read_at(&ann, path, head)
             .await
             .expect_status(StatusCode::OK);
     }
@@ -377,18 +354,20 @@ async fn a_user_token_reads_only_its_own_commands(app: TestApp) {
     // Admins (even acting for ann) and tokens acting for nobody see every command.
     let reader = app.token(Role::Reader);
     for token in [&admin, &app.token_for_user(Role::Admin, "ann"), &reader] {
-        let page = read(&app, token, "/commands", head)
+        let page = app
+            .read_at(token, "/commands", head)
             .await
             .expect_status(StatusCode::OK);
         assert_eq!(page.body["total"], 7, "{}", page.text);
-        read(&app, token, "/commands/c-ben-1", head)
+        app.read_at(token, "/commands/c-ben-1", head)
             .await
             .expect_status(StatusCode::OK);
-        let history = read(&app, token, "/commands/history", head)
+        let history = app
+            .read_at(token, "/commands/history", head)
             .await
             .expect_status(StatusCode::OK);
         assert_eq!(history.body["total"], 5, "{}", history.text);
-        read(&app, token, "/commands/metrics", head)
+        app.read_at(token, "/commands/metrics", head)
             .await
             .expect_status(StatusCode::OK);
     }

@@ -31,14 +31,8 @@ fn names(reply: Reply, status: StatusCode, field: &str) -> Reply {
 
 /// An admin's request to write-api with a JSON body.
 async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Reply {
-    let request = app
-        .anonymous(method, Side::Write, path)
-        .bearer_auth(app.token(Role::Admin));
-    let request = match body {
-        Some(body) => request.json(&body),
-        None => request,
-    };
-    Reply::of(request).await
+    app.send_as(&app.token(Role::Admin), method, Side::Write, path, body)
+        .await
 }
 
 /// The committed position of a command reply (a failed command's problem carries it in
@@ -51,14 +45,9 @@ fn position_of(reply: &Reply) -> u64 {
         .unwrap_or_else(|| panic!("no position: {} {}", reply.status, reply.text))
 }
 
-fn items(reply: &Reply) -> &Vec<Value> {
-    reply.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no items: {}", reply.text))
-}
-
 fn ids(reply: &Reply, field: &str) -> Vec<String> {
-    items(reply)
+    reply
+        .items()
         .iter()
         .map(|item| item[field].as_str().unwrap_or_default().to_string())
         .collect()
@@ -71,7 +60,7 @@ async fn handlers_and_metrics_before_any_event(app: &TestApp) {
         .expect_status(StatusCode::OK);
     assert_eq!(handlers.body["total"], 8, "{}", handlers.text);
     assert_eq!(ids(&handlers, "name"), TYPES);
-    for handler in items(&handlers) {
+    for handler in handlers.items() {
         assert_eq!(handler["registered"], true, "{handler}");
         assert_eq!(handler["available"], true, "{handler}");
         assert_eq!(handler["circuit"], "closed", "{handler}");
@@ -89,7 +78,7 @@ async fn handlers_and_metrics_before_any_event(app: &TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(ids(&breakers, "name"), TYPES);
-    assert!(items(&breakers).iter().all(|b| b["state"] == "closed"
+    assert!(breakers.items().iter().all(|b| b["state"] == "closed"
         && b["consecutive_failures"] == 0
         && b.get("opened_at").is_none()));
     let metrics = app
@@ -97,7 +86,8 @@ async fn handlers_and_metrics_before_any_event(app: &TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(ids(&metrics, "command_type"), TYPES);
-    assert!(items(&metrics)
+    assert!(metrics
+        .items()
         .iter()
         .all(|m| m["count"] == 0 && m["failure_rate"] == 0.0 && m.get("p50_ms").is_none()));
     for path in [
@@ -198,7 +188,7 @@ async fn command_reads(app: TestApp) {
         .expect_status(StatusCode::OK);
     assert_eq!(paged.body["total"], 3);
     assert_eq!(paged.body["next"], 1);
-    assert_eq!(items(&paged).len(), 1);
+    assert_eq!(paged.items().len(), 1);
 
     // History: newest first, one entry per outcome.
     let history = app
@@ -218,7 +208,8 @@ async fn command_reads(app: TestApp) {
         .get("/commands/audit?limit=1000")
         .await
         .expect_status(StatusCode::OK);
-    let sys_entry = items(&audit)
+    let sys_entry = audit
+        .items()
         .iter()
         .find(|e| e["command_id"] == "sys-1" && e["event"] == "command.executed")
         .unwrap_or_else(|| panic!("no audit entry of sys-1: {}", audit.text))
@@ -238,7 +229,8 @@ async fn command_reads(app: TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert!(
-        items(&of_system)
+        of_system
+            .items()
             .iter()
             .all(|e| e["command_type"] == "system"),
         "{}",
@@ -251,11 +243,11 @@ async fn command_reads(app: TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert!(
-        items(&range).iter().any(|e| e["id"] == sys_entry["id"]),
+        range.items().iter().any(|e| e["id"] == sys_entry["id"]),
         "{}",
         range.text
     );
-    assert!(items(&range).iter().all(|e| e["at"] == at));
+    assert!(range.items().iter().all(|e| e["at"] == at));
     let before = app
         .get("/commands/audit/range?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00%2B01:00")
         .await
@@ -327,8 +319,8 @@ async fn command_reads(app: TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(ids(&schedule, "id"), ["later-1"], "{}", schedule.text);
-    assert_eq!(items(&schedule)[0]["status"], "scheduled");
-    assert!(items(&schedule)[0]["execute_at"].is_string());
+    assert_eq!(schedule.items()[0]["status"], "scheduled");
+    assert!(schedule.items()[0]["execute_at"].is_string());
     let cancelled = app.delete("/commands/scheduled/later-1").await;
     let cancelled = if cancelled.status == StatusCode::FORBIDDEN {
         admin(&app, Method::DELETE, "/commands/scheduled/later-1", None).await
@@ -400,7 +392,7 @@ async fn command_reads(app: TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert!(
-        items(&queue).iter().all(|c| c["status"] == "queued"),
+        queue.items().iter().all(|c| c["status"] == "queued"),
         "{}",
         queue.text
     );

@@ -8,12 +8,8 @@ use serde_json::{json, Value};
 use kernel::domain::event_sourcing::UserAggregate;
 use quintet_tests::{both_backends, Reply, TestApp};
 
-fn items(reply: &Reply) -> &Vec<Value> {
-    reply.body["items"].as_array().expect("a page has items")
-}
-
 fn field<'a>(reply: &'a Reply, name: &str) -> Vec<&'a Value> {
-    items(reply).iter().map(|item| &item[name]).collect()
+    reply.items().iter().map(|item| &item[name]).collect()
 }
 
 async fn readme_walkthrough(app: TestApp) {
@@ -110,7 +106,7 @@ async fn readme_walkthrough(app: TestApp) {
         vec!["user_created", "user_updated", "user_updated"]
     );
     assert_eq!(field(&events, "version"), vec![1, 2, 3]);
-    let update = &items(&events)[2];
+    let update = &events.items()[2];
     assert_eq!(update["aggregate_type"], "user");
     assert_eq!(update["aggregate_id"], "user-123");
     assert_eq!(update["position"], p_put);
@@ -122,10 +118,10 @@ async fn readme_walkthrough(app: TestApp) {
     assert!(update["correlation_id"].is_string(), "{}", events.text);
     assert!(update["id"].is_string() && update["timestamp"].is_string());
     assert_eq!(
-        items(&events)[1]["data"]["previous"],
+        events.items()[1]["data"]["previous"],
         json!({ "first_name": "John" })
     );
-    assert_eq!(items(&events)[1]["metadata"]["correlation_id"], "corr-123");
+    assert_eq!(events.items()[1]["metadata"]["correlation_id"], "corr-123");
 
     // An order: created pending; a status change and another field are two events.
     app.post(
@@ -238,7 +234,7 @@ async fn readme_walkthrough(app: TestApp) {
         .get("/events?limit=4")
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(items(&first).len(), 4);
+    assert_eq!(first.items().len(), 4);
     assert_eq!(first.body["next"], 4);
     assert_eq!(first.body["next_after_position"], positions[3]);
     let second = app
@@ -256,7 +252,7 @@ async fn readme_walkthrough(app: TestApp) {
         .get("/events?limit=4&offset=8")
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(items(&tail).len(), 2);
+    assert_eq!(tail.items().len(), 2);
     assert!(tail.body.get("next").is_none(), "{}", tail.text);
     assert!(
         tail.body.get("next_after_position").is_none(),
@@ -266,7 +262,7 @@ async fn readme_walkthrough(app: TestApp) {
 
     // Time bounds: `from` at an event's timestamp includes it, `to` excludes it.
     let ts = |i: usize| {
-        items(&all)[i]["timestamp"]
+        all.items()[i]["timestamp"]
             .as_str()
             .expect("a timestamp")
             .to_string()
@@ -441,7 +437,7 @@ async fn snapshot_round_trip(app: TestApp) {
     assert_eq!(list.body["total"], 2);
     assert_eq!(field(&list, "version"), vec![1, 2]);
     assert_eq!(
-        items(&list)[0]["data"]["state"],
+        list.items()[0]["data"]["state"],
         json!({ "email": "a@b.co", "n": 1 })
     );
     let latest = app

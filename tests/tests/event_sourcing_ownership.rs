@@ -8,44 +8,13 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use quintet_tests::{both_backends, Reply, Side, TestApp};
+use quintet_tests::{both_backends, Reply, TestApp};
 use web::Role;
-
-async fn send(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    side: Side,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    let mut request = app.anonymous(method, side, path).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    Reply::of(request).await
-}
-
-async fn write(app: &TestApp, token: &str, method: Method, path: &str, body: Value) -> Reply {
-    send(app, token, method, Side::Write, path, Some(body)).await
-}
-
-/// A GET on read-api once the projections reached `position`.
-async fn read(app: &TestApp, token: &str, path: &str, position: u64) -> Reply {
-    let sep = if path.contains('?') { '&' } else { '?' };
-    let path = format!("{path}{sep}min_position={position}");
-    send(app, token, Method::GET, Side::Read, &path, None).await
-}
-
-fn items(reply: &Reply) -> &Vec<Value> {
-    reply.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a page has items: {}", reply.text))
-}
 
 /// The distinct aggregate ids of a page of events, sorted.
 fn aggregates(reply: &Reply) -> Vec<String> {
-    let mut ids: Vec<String> = items(reply)
+    let mut ids: Vec<String> = reply
+        .items()
         .iter()
         .map(|event| event["aggregate_id"].as_str().expect("an id").to_string())
         .collect();
@@ -60,10 +29,12 @@ fn create(kind: &str, id: &str, state: Value) -> Value {
 
 /// Asserts `hidden` answers exactly like `missing` (a 404 with the same title and type).
 async fn like_missing(app: &TestApp, token: &str, hidden: &str, missing: &str, position: u64) {
-    let hidden_reply = read(app, token, hidden, position)
+    let hidden_reply = app
+        .read_at(token, hidden, position)
         .await
         .expect_problem(StatusCode::NOT_FOUND);
-    let missing_reply = read(app, token, missing, position)
+    let missing_reply = app
+        .read_at(token, missing, position)
         .await
         .expect_problem(StatusCode::NOT_FOUND);
     assert_eq!(
@@ -93,12 +64,11 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
         // A custom aggregate naming a user still belongs to nobody.
         create("custom", "c-2", json!({ "user_id": "ben" })),
     ] {
-        write(&app, &admin, Method::POST, "/aggregates", body)
+        app.write_as(&admin, Method::POST, "/aggregates", body)
             .await
             .expect_status(StatusCode::CREATED);
     }
-    write(
-        &app,
+    app.write_as(
         &admin,
         Method::POST,
         "/snapshots",
@@ -115,7 +85,7 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
         create("payment", "p-x", json!({ "amount": 1 })),
         create("user", "carol", json!({ "email": "carol@example.com" })),
     ] {
-        write(&app, &ann, Method::POST, "/aggregates", body)
+        app.write_as(&ann, Method::POST, "/aggregates", body)
             .await
             .expect_problem(StatusCode::FORBIDDEN);
     }
@@ -123,20 +93,16 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
         "type": "payment_processed", "aggregate_id": "p-y", "aggregate_type": "payment",
         "data": { "amount": 3, "user_id": "ben" },
     });
-    write(&app, &ann, Method::POST, "/events/publish", published)
+    app.write_as(&ann, Method::POST, "/events/publish", published)
         .await
         .expect_problem(StatusCode::FORBIDDEN);
     let changes = json!({ "changes": { "total": 3 } });
-    let hidden = write(
-        &app,
-        &ann,
-        Method::PUT,
-        "/aggregates/o-ben",
-        changes.clone(),
-    )
-    .await
-    .expect_problem(StatusCode::NOT_FOUND);
-    let absent = write(&app, &ann, Method::PUT, "/aggregates/o-none", changes)
+    let hidden = app
+        .write_as(&ann, Method::PUT, "/aggregates/o-ben", changes.clone())
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
+    let absent = app
+        .write_as(&ann, Method::PUT, "/aggregates/o-none", changes)
         .await
         .expect_problem(StatusCode::NOT_FOUND);
     assert_eq!(hidden.body["title"], absent.body["title"]);
@@ -147,28 +113,17 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
             "data": { "note": "x" },
         })
     };
-    let hidden = write(
-        &app,
-        &ann,
-        Method::POST,
-        "/events/publish",
-        custom_on("o-ben"),
-    )
-    .await
-    .expect_problem(StatusCode::NOT_FOUND);
-    let absent = write(
-        &app,
-        &ann,
-        Method::POST,
-        "/events/publish",
-        custom_on("o-none"),
-    )
-    .await
-    .expect_problem(StatusCode::NOT_FOUND);
+    let hidden = app
+        .write_as(&ann, Method::POST, "/events/publish", custom_on("o-ben"))
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
+    let absent = app
+        .write_as(&ann, Method::POST, "/events/publish", custom_on("o-none"))
+        .await
+        .expect_problem(StatusCode::NOT_FOUND);
     assert_eq!(hidden.body["detail"], "order o-ben not found");
     assert_eq!(absent.body["detail"], "order o-none not found");
-    write(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/snapshots",
@@ -178,7 +133,8 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
     .expect_problem(StatusCode::NOT_FOUND);
     // Her own order cannot be handed to someone else either.
     let handing = json!({ "changes": { "user_id": "ben" } });
-    let refused = write(&app, &ann, Method::PUT, "/aggregates/o-ann", handing)
+    let refused = app
+        .write_as(&ann, Method::PUT, "/aggregates/o-ann", handing)
         .await
         .expect_problem(StatusCode::FORBIDDEN);
     assert!(
@@ -191,8 +147,7 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
     assert_eq!(app.head_position().await, head, "nothing was written");
 
     // Her own writes, and the shared custom ones, work.
-    write(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/aggregates",
@@ -200,8 +155,7 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::CREATED);
-    write(
-        &app,
+    app.write_as(
         &ann,
         Method::PUT,
         "/aggregates/o-ann",
@@ -209,8 +163,7 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    write(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/events/publish",
@@ -219,8 +172,7 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    write(
-        &app,
+    app.write_as(
         &ann,
         Method::POST,
         "/snapshots",
@@ -229,16 +181,16 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
     .await
     .expect_status(StatusCode::CREATED);
     // An admin hands ben's payment to ann: it is hers from then on.
-    let position = write(
-        &app,
-        &admin,
-        Method::PUT,
-        "/aggregates/p-move",
-        json!({ "changes": { "user_id": "ann" } }),
-    )
-    .await
-    .expect_status(StatusCode::OK)
-    .position();
+    let position = app
+        .write_as(
+            &admin,
+            Method::PUT,
+            "/aggregates/p-move",
+            json!({ "changes": { "user_id": "ann" } }),
+        )
+        .await
+        .expect_status(StatusCode::OK)
+        .position();
 
     let reader = app.token_for_user(Role::Reader, "ann");
     // Reads by id: another user's answer like missing ones.
@@ -267,23 +219,25 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
         "/snapshots/o-ann/latest",
         "/info",
     ] {
-        read(&app, &reader, path, position)
+        app.read_at(&reader, path, position)
             .await
             .expect_status(StatusCode::OK);
     }
 
     // The event log: her aggregates and the shared ones, filtered in the query.
     let own = ["ann", "c-1", "c-2", "o-ann", "o-ann-2", "p-move"];
-    let log = read(&app, &reader, "/events?limit=1000", position)
+    let log = app
+        .read_at(&reader, "/events?limit=1000", position)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(aggregates(&log), own, "{}", log.text);
     let total = log.body["total"].as_u64().expect("a total");
-    assert_eq!(total, items(&log).len() as u64);
-    let page = read(&app, &reader, "/events?limit=2&offset=2", position)
+    assert_eq!(total, log.items().len() as u64);
+    let page = app
+        .read_at(&reader, "/events?limit=2&offset=2", position)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(items(&page).len(), 2);
+    assert_eq!(page.items().len(), 2);
     assert_eq!(page.body["total"], total);
     for (path, expected) in [
         ("/events/type/order_created", vec!["o-ann", "o-ann-2"]),
@@ -292,13 +246,14 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
         ("/events/aggregate-type/payment", vec!["p-move"]),
         ("/events/aggregate-type/custom", vec!["c-1", "c-2"]),
     ] {
-        let page = read(&app, &reader, path, position)
+        let page = app
+            .read_at(&reader, path, position)
             .await
             .expect_status(StatusCode::OK);
         assert_eq!(aggregates(&page), expected, "{path}: {}", page.text);
     }
     // The statistics count everyone: refused.
-    read(&app, &reader, "/stats", position)
+    app.read_at(&reader, "/stats", position)
         .await
         .expect_problem(StatusCode::FORBIDDEN);
 
@@ -311,7 +266,8 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
         app.token_for_user(Role::Admin, "ann"),
         app.token(Role::Reader),
     ] {
-        let log = read(&app, &token, "/events?limit=1000", position)
+        let log = app
+            .read_at(&token, "/events?limit=1000", position)
             .await
             .expect_status(StatusCode::OK);
         assert_eq!(aggregates(&log), everyone, "{}", log.text);
@@ -321,7 +277,7 @@ async fn users_see_only_their_own_event_sourced_aggregates(app: TestApp) {
             "/snapshots/o-ben",
             "/stats",
         ] {
-            read(&app, &token, path, position)
+            app.read_at(&token, path, position)
                 .await
                 .expect_status(StatusCode::OK);
         }

@@ -8,21 +8,6 @@ use serde_json::{json, Value};
 
 use quintet_tests::{both_backends, Reply, TestApp};
 
-fn events(reply: &Reply) -> Vec<String> {
-    reply.body["events"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a write has events: {}", reply.text))
-        .iter()
-        .map(|e| e.as_str().expect("an event type").to_string())
-        .collect()
-}
-
-fn items(reply: &Reply) -> &Vec<Value> {
-    reply.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a page has items: {}", reply.text))
-}
-
 async fn register(app: &TestApp, id: &str) -> u64 {
     let reply = app
         .post(
@@ -31,7 +16,7 @@ async fn register(app: &TestApp, id: &str) -> u64 {
         )
         .await
         .expect_status(StatusCode::CREATED);
-    assert_eq!(events(&reply), vec!["colleague_registered"]);
+    assert_eq!(reply.event_types(), vec!["colleague_registered"]);
     reply.position()
 }
 
@@ -58,7 +43,7 @@ async fn mediator_walkthrough(app: TestApp) {
     assert_eq!(created.body["version"], 1);
     // The registry of names changes in the same transaction.
     assert_eq!(
-        events(&created),
+        created.event_types(),
         vec!["mediator_created", "mediator_name_claimed"]
     );
     let position = created.position();
@@ -103,7 +88,7 @@ async fn mediator_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::CREATED);
-    assert_eq!(events(&sent), vec!["message_sent"]);
+    assert_eq!(sent.event_types(), vec!["message_sent"]);
     assert_eq!(sent.body["recipients"], json!(["bob"]));
     assert_eq!(sent.body["recipient_count"], 1);
     let direct_id = sent.body["message_id"]
@@ -125,7 +110,7 @@ async fn mediator_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::CREATED);
-    assert_eq!(events(&broadcast), vec!["message_broadcasted"]);
+    assert_eq!(broadcast.event_types(), vec!["message_broadcasted"]);
     assert_eq!(broadcast.body["recipients"], json!(["alice", "carol"]));
     assert_eq!(broadcast.body["recipient_count"], 2);
     let broadcast_id = broadcast.body["message_id"]
@@ -137,7 +122,7 @@ async fn mediator_walkthrough(app: TestApp) {
     // bob: the direct message only (his own broadcast is not in his inbox).
     let bob = inbox(&app, "bob", position).await;
     assert_eq!(bob.body["total"], 1);
-    let entry = &items(&bob)[0];
+    let entry = &bob.items()[0];
     assert_eq!(entry["message_id"], direct_id.as_str());
     assert_eq!(entry["sender_id"], "alice");
     assert_eq!(entry["colleague_id"], "bob");
@@ -151,7 +136,7 @@ async fn mediator_walkthrough(app: TestApp) {
     for colleague in ["alice", "carol"] {
         let reply = inbox(&app, colleague, position).await;
         assert_eq!(reply.body["total"], 1, "{}", reply.text);
-        let entry = &items(&reply)[0];
+        let entry = &reply.items()[0];
         assert_eq!(entry["message_id"], broadcast_id.as_str());
         assert_eq!(entry["sender_id"], "bob");
         assert_eq!(entry["kind"], "event");
@@ -179,8 +164,8 @@ async fn mediator_walkthrough(app: TestApp) {
         .expect_status(StatusCode::OK);
     assert_eq!(page.body["total"], 4);
     assert_eq!(page.body["next"], 2);
-    assert_eq!(items(&page)[0]["message_id"], broadcast_id.as_str());
-    assert_eq!(items(&page)[1]["message"]["name"], "t0");
+    assert_eq!(page.items()[0]["message_id"], broadcast_id.as_str());
+    assert_eq!(page.items()[1]["message"]["name"], "t0");
     let page = app
         .get_at(
             "/mediators/chat/colleagues/alice/messages?limit=2&offset=2",
@@ -188,7 +173,7 @@ async fn mediator_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::OK);
-    let names: Vec<&Value> = items(&page).iter().map(|i| &i["message"]["name"]).collect();
+    let names: Vec<&Value> = page.items().iter().map(|i| &i["message"]["name"]).collect();
     assert_eq!(names, [&json!("t1"), &json!("t2")]);
     assert!(page.body.get("next").is_none());
     let tasks = app
@@ -210,7 +195,7 @@ async fn mediator_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(events(&updated), vec!["mediator_updated"]);
+    assert_eq!(updated.event_types(), vec!["mediator_updated"]);
     let doc = app
         .get_at("/mediators/chat", updated.position())
         .await
@@ -224,7 +209,7 @@ async fn mediator_walkthrough(app: TestApp) {
         .delete("/mediators/chat/colleagues/alice")
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(events(&gone), vec!["colleague_unregistered"]);
+    assert_eq!(gone.event_types(), vec!["colleague_unregistered"]);
     let position = gone.position();
     app.get_at("/mediators/chat/colleagues/alice/messages", position)
         .await
@@ -258,7 +243,7 @@ async fn mediator_walkthrough(app: TestApp) {
         .get_at("/mediators", other)
         .await
         .expect_status(StatusCode::OK);
-    let names: Vec<&Value> = items(&list).iter().map(|m| &m["name"]).collect();
+    let names: Vec<&Value> = list.items().iter().map(|m| &m["name"]).collect();
     assert_eq!(names, [&json!("alerts"), &json!("chat")]);
     assert_eq!(list.body["total"], 2);
 
@@ -267,7 +252,7 @@ async fn mediator_walkthrough(app: TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(
-        events(&deleted),
+        deleted.event_types(),
         vec!["mediator_deleted", "mediator_name_released"]
     );
     let position = deleted.position();

@@ -2,93 +2,22 @@
 //! messages addressed to that colleague (direct ones, and broadcasts from the others), live
 //! and on resume from a position; `aggregate_id` narrows it to one mediator.
 
-use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 
-use quintet_tests::{both_backends, TestApp, WAIT};
+use quintet_tests::ws::{self, events_until, positions, Socket};
+use quintet_tests::{both_backends, TestApp};
 use web::Role;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects with a reader's token in the subprotocol header and subscribes; returns the
 /// socket and the events replayed before the `subscribed` acknowledgement.
 async fn subscribe(app: &TestApp, subscription: Value) -> (Socket, Vec<Value>) {
-    let mut request = app.ws_url().into_client_request().expect("a ws request");
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&format!("bearer, {}", app.token(Role::Reader))).expect("header"),
-    );
-    let (mut socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("the handshake finishes in time")
-        .expect("connected");
-    // A barrier (an empty message, answered with an error) so whatever the server sends on
-    // its own at connect time is out of the way before subscribing.
-    socket
-        .send(Message::text("{}"))
-        .await
-        .expect("send the barrier");
-    while next(&mut socket).await["type"] != "error" {}
-    socket
-        .send(Message::text(
-            json!({ "subscribe": subscription }).to_string(),
-        ))
-        .await
-        .expect("send the subscription");
-    let mut replayed = Vec::new();
-    loop {
-        let message = next(&mut socket).await;
-        match message["type"].as_str() {
-            Some("subscribed") => return (socket, replayed),
-            Some("error") => panic!("refused: {message}"),
-            _ => replayed.push(message),
-        }
-    }
-}
-
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a ws message in time");
-        match frame {
-            Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(text.as_str()).expect("a JSON message")
-            }
-            Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => panic!("socket error: {err}"),
-            None => panic!("socket ended"),
-        }
-    }
-}
-
-/// Events until one at `position` (or past it).
-async fn events_until(socket: &mut Socket, position: u64) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let message = next(socket).await;
-        assert_ne!(message["type"], "error", "{message}");
-        let Some(at) = message["position"].as_u64() else {
-            continue;
-        };
-        events.push(message);
-        if at >= position {
-            return events;
-        }
-    }
-}
-
-fn positions(events: &[Value]) -> Vec<u64> {
-    events
-        .iter()
-        .map(|e| e["position"].as_u64().expect("a position"))
-        .collect()
+    let mut socket = ws::connect(app, &app.token(Role::Reader)).await;
+    // Whatever the server sends on its own at connect time is out of the way before
+    // subscribing.
+    ws::barrier(&mut socket).await;
+    let (replayed, _) = ws::subscribe(&mut socket, subscription).await;
+    (socket, replayed)
 }
 
 async fn write(app: &TestApp, path: &str, body: Value) -> u64 {

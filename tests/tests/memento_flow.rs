@@ -6,15 +6,6 @@ use serde_json::{json, Value};
 
 use quintet_tests::{both_backends, canonical_sha256, TestApp};
 
-fn ids(reply: &quintet_tests::Reply) -> Vec<String> {
-    reply.body["items"]
-        .as_array()
-        .expect("a page has items")
-        .iter()
-        .map(|item| item["id"].as_str().expect("an id").to_string())
-        .collect()
-}
-
 async fn readme_walkthrough(app: TestApp) {
     // Create a caretaker.
     let created = app
@@ -160,7 +151,7 @@ async fn readme_walkthrough(app: TestApp) {
         .get_at("/mementos/caretakers/docs/mementos", p_saved)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&all), vec!["m1", "m2"]);
+    assert_eq!(all.ids(), vec!["m1", "m2"]);
     let by_originator = app
         .get_at(
             "/mementos/caretakers/docs/mementos?originator_id=doc1",
@@ -168,7 +159,7 @@ async fn readme_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&by_originator), vec!["m1"]);
+    assert_eq!(by_originator.ids(), vec!["m1"]);
     let by_type = app
         .get_at(
             "/mementos/caretakers/docs/mementos?type=configuration",
@@ -176,7 +167,7 @@ async fn readme_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&by_type), vec!["m2"]);
+    assert_eq!(by_type.ids(), vec!["m2"]);
     let none = app
         .get_at(
             "/mementos/caretakers/docs/mementos?originator_id=doc1&type=file",

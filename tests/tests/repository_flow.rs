@@ -7,24 +7,6 @@ use serde_json::{json, Value};
 
 use quintet_tests::{both_backends, Reply, TestApp};
 
-fn ids(reply: &Reply) -> Vec<String> {
-    reply.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a page has items: {}", reply.text))
-        .iter()
-        .map(|item| item["id"].as_str().expect("an id").to_string())
-        .collect()
-}
-
-fn events(reply: &Reply) -> Vec<String> {
-    reply.body["events"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a write has events: {}", reply.text))
-        .iter()
-        .map(|e| e.as_str().expect("an event type").to_string())
-        .collect()
-}
-
 async fn stock(app: &TestApp, product: &str, position: u64) -> u64 {
     let reply = app
         .get_at(&format!("/products/{product}"), position)
@@ -47,7 +29,7 @@ async fn repository_walkthrough(app: TestApp) {
     assert_eq!(ada.body["aggregate_type"], "user");
     assert_eq!(ada.body["aggregate_id"], "u1");
     assert_eq!(ada.body["version"], 1);
-    assert_eq!(events(&ada), vec!["user_created"]);
+    assert_eq!(ada.event_types(), vec!["user_created"]);
     let grace = app
         .post(
             "/users",
@@ -80,7 +62,7 @@ async fn repository_walkthrough(app: TestApp) {
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(renamed.body["version"], 2);
-    assert_eq!(events(&renamed), vec!["user_updated"]);
+    assert_eq!(renamed.event_types(), vec!["user_updated"]);
     // If-Match with the version the client saw: stale now.
     Reply::of(
         app.write(Method::PUT, "/users/u1")
@@ -111,12 +93,12 @@ async fn repository_walkthrough(app: TestApp) {
         .get_at("/users/search?q=HOPPER", p)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&found), vec![grace_id.clone()]);
+    assert_eq!(found.ids(), vec![grace_id.clone()]);
     let found = app
         .get_at("/users/search?q=lovelace.ORG", p)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&found), vec!["u1"]);
+    assert_eq!(found.ids(), vec!["u1"]);
     let found = app
         .get_at("/users/search?q=a", p)
         .await
@@ -136,7 +118,7 @@ async fn repository_walkthrough(app: TestApp) {
             )
             .await
             .expect_status(StatusCode::CREATED);
-        assert_eq!(events(&created), vec!["product_created"]);
+        assert_eq!(created.event_types(), vec!["product_created"]);
     }
     let p = app
         .put(
@@ -150,7 +132,7 @@ async fn repository_walkthrough(app: TestApp) {
         .get_at("/products/category/home", p)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&home), vec!["lamp", "mug"]);
+    assert_eq!(home.ids(), vec!["lamp", "mug"]);
     let mug = app
         .get_at("/products/mug", p)
         .await
@@ -173,13 +155,13 @@ async fn repository_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::CREATED);
-    assert_eq!(events(&payment), vec!["payment_created"]);
+    assert_eq!(payment.event_types(), vec!["payment_created"]);
     for status in ["processing", "completed", "refunded"] {
         let moved = app
             .put("/payments/pay1", json!({ "status": status }))
             .await
             .expect_status(StatusCode::OK);
-        assert_eq!(events(&moved), vec!["payment_updated"]);
+        assert_eq!(moved.event_types(), vec!["payment_updated"]);
     }
     let p = app
         .post(
@@ -201,12 +183,12 @@ async fn repository_walkthrough(app: TestApp) {
         .get_at("/payments/user/u1", p)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&of_ada), vec!["pay1"]);
+    assert_eq!(of_ada.ids(), vec!["pay1"]);
     let all = app
         .get_at("/payments", p)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&all), vec!["pay1", "pay2"]);
+    assert_eq!(all.ids(), vec!["pay1", "pay2"]);
 
     // ------------------------------------------------------------------ orders
     let placed = app
@@ -222,7 +204,7 @@ async fn repository_walkthrough(app: TestApp) {
     assert_eq!(placed.body["aggregate_type"], "order");
     assert_eq!(placed.body["aggregate_id"], "o1");
     assert_eq!(placed.body["version"], 1);
-    let mut written = events(&placed);
+    let mut written = placed.event_types();
     written.sort();
     assert_eq!(
         written,
@@ -256,7 +238,7 @@ async fn repository_walkthrough(app: TestApp) {
         )
         .await
         .expect_status(StatusCode::OK);
-    let mut written = events(&cancelled);
+    let mut written = cancelled.event_types();
     written.sort();
     assert_eq!(
         written,
@@ -283,10 +265,10 @@ async fn repository_walkthrough(app: TestApp) {
             .await
             .expect_status(StatusCode::OK);
         // Shipping consumes the reserved stock: nothing is given back.
-        assert_eq!(events(&moved), vec!["order_updated"], "{status}");
+        assert_eq!(moved.event_types(), vec!["order_updated"], "{status}");
     }
     let deleted = app.delete("/orders/o2").await.expect_status(StatusCode::OK);
-    assert_eq!(events(&deleted), vec!["order_deleted"]);
+    assert_eq!(deleted.event_types(), vec!["order_deleted"]);
     let p = deleted.position();
     assert_eq!(stock(&app, "lamp", p).await, 9);
     app.get_at("/orders/o2", p)
@@ -303,7 +285,7 @@ async fn repository_walkthrough(app: TestApp) {
         .position();
     assert_eq!(stock(&app, "mug", p).await, 0);
     let deleted = app.delete("/orders/o3").await.expect_status(StatusCode::OK);
-    let mut written = events(&deleted);
+    let mut written = deleted.event_types();
     written.sort();
     assert_eq!(written, vec!["order_deleted", "product_stock_released"]);
     let p = deleted.position();
@@ -312,7 +294,7 @@ async fn repository_walkthrough(app: TestApp) {
         .get_at("/orders/user/u1", p)
         .await
         .expect_status(StatusCode::OK);
-    assert_eq!(ids(&of_ada), vec!["o1"]);
+    assert_eq!(of_ada.ids(), vec!["o1"]);
     assert_eq!(of_ada.body["items"][0]["status"], "cancelled");
     let orders = app.get_at("/orders", p).await.expect_status(StatusCode::OK);
     assert_eq!(orders.body["total"], 1);
@@ -335,7 +317,7 @@ async fn repository_walkthrough(app: TestApp) {
         .await
         .expect_problem(StatusCode::NOT_FOUND);
     let gone = app.delete("/users/u1").await.expect_status(StatusCode::OK);
-    assert_eq!(events(&gone), vec!["user_deleted"]);
+    assert_eq!(gone.event_types(), vec!["user_deleted"]);
     app.get_at("/users/u1", gone.position())
         .await
         .expect_problem(StatusCode::NOT_FOUND);
@@ -419,7 +401,7 @@ async fn repository_walkthrough(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    assert_eq!(ids(&cheap_home), vec!["mug"]);
+    assert_eq!(cheap_home.ids(), vec!["mug"]);
     let by_price = query(
         &app,
         p,
@@ -434,7 +416,7 @@ async fn repository_walkthrough(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    assert_eq!(ids(&by_price), vec!["lamp", "mug"]);
+    assert_eq!(by_price.ids(), vec!["lamp", "mug"]);
     let statuses = query(
         &app,
         p,
@@ -445,7 +427,7 @@ async fn repository_walkthrough(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    assert_eq!(ids(&statuses), vec!["o1"]);
+    assert_eq!(statuses.ids(), vec!["o1"]);
     let paged = query(
         &app,
         p,
@@ -553,35 +535,6 @@ async fn query(app: &TestApp, position: u64, body: Value) -> Reply {
     .await
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next text message, as JSON.
-async fn next_message(socket: &mut Socket) -> Value {
-    use futures::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        let frame = tokio::time::timeout(quintet_tests::WAIT, socket.next())
-            .await
-            .expect("a ws message in time")
-            .expect("the socket stays open")
-            .expect("a readable frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(text.as_str()).expect("a JSON message");
-        }
-    }
-}
-
-async fn send_message(socket: &mut Socket, message: Value) {
-    use futures::SinkExt;
-    socket
-        .send(tokio_tungstenite::tungstenite::Message::text(
-            message.to_string(),
-        ))
-        .await
-        .expect("send a ws message");
-}
-
 /// The WebSocket shows the repository's events under the seed's names, with context
 /// `repository`.
 async fn websocket_shows_repository_events(app: TestApp) {
@@ -616,22 +569,12 @@ async fn websocket_shows_repository_events(app: TestApp) {
             .expect("the handshake finishes in time")
             .expect("connected");
     // A barrier (answered with an error) puts the connect-time acknowledgement behind us.
-    send_message(&mut socket, json!({})).await;
-    while next_message(&mut socket).await["type"] != "error" {}
-    send_message(
+    quintet_tests::ws::barrier(&mut socket).await;
+    let (replayed, _) = quintet_tests::ws::subscribe(
         &mut socket,
-        json!({ "subscribe": { "contexts": ["repository"], "from_position": 0 } }),
+        json!({ "contexts": ["repository"], "from_position": 0 }),
     )
     .await;
-    let mut replayed = Vec::new();
-    loop {
-        let message = next_message(&mut socket).await;
-        if message["type"] == "subscribed" {
-            break;
-        }
-        assert_ne!(message["type"], "error", "{message}");
-        replayed.push(message);
-    }
     let types: Vec<&str> = replayed.iter().filter_map(|m| m["type"].as_str()).collect();
     assert_eq!(
         types,

@@ -8,40 +8,8 @@ use serde_json::{json, Value};
 use quintet_tests::{both_backends, Reply, Side, TestApp};
 use web::Role;
 
-/// `method path` on `side` with `token`, and a JSON body when given.
-async fn send(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    side: Side,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    let mut request = app.anonymous(method, side, path).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    Reply::of(request).await
-}
-
-async fn write(app: &TestApp, token: &str, method: Method, path: &str, body: Value) -> Reply {
-    send(app, token, method, Side::Write, path, Some(body)).await
-}
-
-/// A GET on read-api once the projections reached `position`.
-async fn read(app: &TestApp, token: &str, path: &str, position: u64) -> Reply {
-    let sep = if path.contains('?') { '&' } else { '?' };
-    let path = format!("{path}{sep}min_position={position}");
-    send(app, token, Method::GET, Side::Read, &path, None).await
-}
-
 fn ids(reply: &Reply) -> Vec<String> {
-    let mut ids: Vec<String> = reply.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a page has items: {}", reply.text))
-        .iter()
-        .map(|item| item["id"].as_str().expect("an id").to_string())
-        .collect();
+    let mut ids = reply.ids();
     ids.sort();
     ids
 }
@@ -63,23 +31,24 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
     let admin = app.token(Role::Admin);
     for (id, email) in [("alice", "alice@example.com"), ("bob", "bob@example.com")] {
         let user = json!({ "id": id, "email": email, "name": id });
-        write(&app, &admin, Method::POST, "/users", user)
+        app.write_as(&admin, Method::POST, "/users", user)
             .await
             .expect_status(StatusCode::CREATED);
     }
     let product =
         json!({ "id": "p1", "name": "Pen", "category": "office", "price": 2.5, "stock": 100 });
-    write(&app, &admin, Method::POST, "/products", product)
+    app.write_as(&admin, Method::POST, "/products", product)
         .await
         .expect_status(StatusCode::CREATED);
     for (id, user) in [("pa", "alice"), ("pb", "bob")] {
-        write(&app, &admin, Method::POST, "/payments", payment(id, user))
+        app.write_as(&admin, Method::POST, "/payments", payment(id, user))
             .await
             .expect_status(StatusCode::CREATED);
     }
     let mut position = 0;
     for (id, user) in [("oa", "alice"), ("ob", "bob")] {
-        position = write(&app, &admin, Method::POST, "/orders", order(id, user))
+        position = app
+            .write_as(&admin, Method::POST, "/orders", order(id, user))
             .await
             .expect_status(StatusCode::CREATED)
             .position();
@@ -93,17 +62,19 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
         ("/payments/pb", "/payments/nothing"),
         ("/orders/ob", "/orders/nothing"),
     ] {
-        let hidden = read(&app, &alice, path, position)
+        let hidden = app
+            .read_at(&alice, path, position)
             .await
             .expect_problem(StatusCode::NOT_FOUND);
-        let absent = read(&app, &alice, missing, position)
+        let absent = app
+            .read_at(&alice, missing, position)
             .await
             .expect_problem(StatusCode::NOT_FOUND);
         assert_eq!(hidden.body["title"], absent.body["title"], "{path}");
         assert_eq!(hidden.body["type"], absent.body["type"], "{path}");
     }
     for path in ["/users/alice", "/payments/pa", "/orders/oa"] {
-        read(&app, &alice, path, position)
+        app.read_at(&alice, path, position)
             .await
             .expect_status(StatusCode::OK);
     }
@@ -117,14 +88,15 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
         ("/payments/user/alice", "pa"),
         ("/orders/user/alice", "oa"),
     ] {
-        let page = read(&app, &alice, path, position)
+        let page = app
+            .read_at(&alice, path, position)
             .await
             .expect_status(StatusCode::OK);
         assert_eq!(ids(&page), vec![own], "{path}: {}", page.text);
         assert_eq!(page.body["total"], 1, "{path}: {}", page.text);
     }
     for path in ["/payments/user/bob", "/orders/user/bob"] {
-        read(&app, &alice, path, position)
+        app.read_at(&alice, path, position)
             .await
             .expect_problem(StatusCode::NOT_FOUND);
     }
@@ -132,23 +104,22 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
     // Specification queries get the owner filter too, combined with the caller's own.
     for (kind, own) in [("payments", "pa"), ("orders", "oa"), ("users", "alice")] {
         let query = json!({ "type": kind });
-        let page = send(
-            &app,
-            &alice,
-            Method::POST,
-            Side::Read,
-            &format!("/repositories/query?min_position={position}"),
-            Some(query),
-        )
-        .await
-        .expect_status(StatusCode::OK);
+        let page = app
+            .send_as(
+                &alice,
+                Method::POST,
+                Side::Read,
+                &format!("/repositories/query?min_position={position}"),
+                Some(query),
+            )
+            .await
+            .expect_status(StatusCode::OK);
         assert_eq!(ids(&page), vec![own], "{kind}: {}", page.text);
     }
     // The catalog counts only what the token may read; an admin counts everyone's.
     let counts = |reply: &Reply| -> Vec<(String, u64)> {
-        reply.body["items"]
-            .as_array()
-            .unwrap_or_else(|| panic!("items: {}", reply.text))
+        reply
+            .items()
             .iter()
             .map(|item| {
                 let name = item["type"].as_str().expect("type").to_string();
@@ -156,17 +127,20 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
             })
             .collect()
     };
-    let own_counts = read(&app, &alice, "/repositories", position)
+    let own_counts = app
+        .read_at(&alice, "/repositories", position)
         .await
         .expect_status(StatusCode::OK);
-    let all_counts = read(&app, &admin, "/repositories", position)
+    let all_counts = app
+        .read_at(&admin, "/repositories", position)
         .await
         .expect_status(StatusCode::OK);
     for ((name, own), (_, all)) in counts(&own_counts).into_iter().zip(counts(&all_counts)) {
         let (expected_own, expected_all) = if name == "products" { (1, 1) } else { (1, 2) };
         assert_eq!((own, all), (expected_own, expected_all), "{name}");
     }
-    let payments = read(&app, &alice, "/repositories/payments", position)
+    let payments = app
+        .read_at(&alice, "/repositories/payments", position)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(payments.body["count"], 1, "{}", payments.text);
@@ -175,16 +149,16 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
         "type": "payments",
         "filter": { "field": "user_id", "op": "eq", "value": "bob" },
     });
-    let page = send(
-        &app,
-        &alice,
-        Method::POST,
-        Side::Read,
-        "/repositories/query",
-        Some(query),
-    )
-    .await
-    .expect_status(StatusCode::OK);
+    let page = app
+        .send_as(
+            &alice,
+            Method::POST,
+            Side::Read,
+            "/repositories/query",
+            Some(query),
+        )
+        .await
+        .expect_status(StatusCode::OK);
     assert_eq!(page.body["total"], 0, "{}", page.text);
 
     // Creating for bob is forbidden; changing bob's aggregates answers like missing ones.
@@ -200,7 +174,7 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
             json!({ "email": "dave@example.com", "name": "Dave" }),
         ),
     ] {
-        write(&app, &alice, Method::POST, path, body)
+        app.write_as(&alice, Method::POST, path, body)
             .await
             .expect_problem(StatusCode::FORBIDDEN);
     }
@@ -214,37 +188,31 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
         ),
         (Method::PUT, "/users/bob", json!({ "name": "Bobby" })),
     ] {
-        write(&app, &alice, method, path, body)
+        app.write_as(&alice, method, path, body)
             .await
             .expect_problem(StatusCode::NOT_FOUND);
     }
     for path in ["/orders/ob", "/payments/pb", "/users/bob"] {
-        send(&app, &alice, Method::DELETE, Side::Write, path, None)
+        app.send_as(&alice, Method::DELETE, Side::Write, path, None)
             .await
             .expect_problem(StatusCode::NOT_FOUND);
     }
     assert_eq!(app.head_position().await, head, "nothing was written");
-    let bobs_order = read(&app, &admin, "/orders/ob", head)
+    let bobs_order = app
+        .read_at(&admin, "/orders/ob", head)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(bobs_order.body["status"], "pending");
     assert_eq!(bobs_order.body["version"], 1);
 
     // Alice's own writes work.
-    write(
-        &app,
-        &alice,
-        Method::POST,
-        "/payments",
-        payment("pa2", "alice"),
-    )
-    .await
-    .expect_status(StatusCode::CREATED);
-    write(&app, &alice, Method::POST, "/orders", order("oa2", "alice"))
+    app.write_as(&alice, Method::POST, "/payments", payment("pa2", "alice"))
         .await
         .expect_status(StatusCode::CREATED);
-    write(
-        &app,
+    app.write_as(&alice, Method::POST, "/orders", order("oa2", "alice"))
+        .await
+        .expect_status(StatusCode::CREATED);
+    app.write_as(
         &alice,
         Method::PUT,
         "/payments/pa",
@@ -252,8 +220,7 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    write(
-        &app,
+    app.write_as(
         &alice,
         Method::PUT,
         "/users/alice",
@@ -261,36 +228,38 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
     )
     .await
     .expect_status(StatusCode::OK);
-    let position = write(
-        &app,
-        &alice,
-        Method::PUT,
-        "/orders/oa",
-        json!({ "status": "confirmed" }),
-    )
-    .await
-    .expect_status(StatusCode::OK)
-    .position();
-    let own = read(&app, &alice, "/orders/oa", position)
+    let position = app
+        .write_as(
+            &alice,
+            Method::PUT,
+            "/orders/oa",
+            json!({ "status": "confirmed" }),
+        )
+        .await
+        .expect_status(StatusCode::OK)
+        .position();
+    let own = app
+        .read_at(&alice, "/orders/oa", position)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(own.body["status"], "confirmed");
-    let page = read(&app, &alice, "/payments", position)
+    let page = app
+        .read_at(&alice, "/payments", position)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(ids(&page), vec!["pa", "pa2"]);
 
     // An admin acting for alice still sees and changes everything.
     let admin_for_alice = app.token_for_user(Role::Admin, "alice");
-    let page = read(&app, &admin_for_alice, "/payments", position)
+    let page = app
+        .read_at(&admin_for_alice, "/payments", position)
         .await
         .expect_status(StatusCode::OK);
     assert_eq!(ids(&page), vec!["pa", "pa2", "pb"]);
-    read(&app, &admin_for_alice, "/users/bob", position)
+    app.read_at(&admin_for_alice, "/users/bob", position)
         .await
         .expect_status(StatusCode::OK);
-    write(
-        &app,
+    app.write_as(
         &admin_for_alice,
         Method::PUT,
         "/orders/ob",
@@ -301,23 +270,16 @@ async fn users_see_only_their_own_aggregates(app: TestApp) {
 
     // A reader acting for alice reads her aggregates but cannot write, not even her own.
     let reader = app.token_for_user(Role::Reader, "alice");
-    read(&app, &reader, "/payments/pa", position)
+    app.read_at(&reader, "/payments/pa", position)
         .await
         .expect_status(StatusCode::OK);
-    read(&app, &reader, "/payments/pb", position)
+    app.read_at(&reader, "/payments/pb", position)
         .await
         .expect_problem(StatusCode::NOT_FOUND);
-    write(
-        &app,
-        &reader,
-        Method::POST,
-        "/payments",
-        payment("pa3", "alice"),
-    )
-    .await
-    .expect_problem(StatusCode::FORBIDDEN);
-    write(
-        &app,
+    app.write_as(&reader, Method::POST, "/payments", payment("pa3", "alice"))
+        .await
+        .expect_problem(StatusCode::FORBIDDEN);
+    app.write_as(
         &reader,
         Method::PUT,
         "/payments/pa",

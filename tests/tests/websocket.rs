@@ -12,11 +12,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
+use quintet_tests::ws::{self, events_until, positions, send, subscribe, Socket};
 use quintet_tests::{both_backends, TestApp, WAIT};
 use web::Role;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How a client presents its token.
 enum Auth<'a> {
@@ -66,74 +64,8 @@ async fn connect(
 /// (today: a `subscribed` ack of an implicit match-all subscription) is out of the way.
 async fn connect_ready(app: &TestApp, auth: Auth<'_>) -> Socket {
     let mut socket = connect(app, auth).await.expect("connected");
-    send(&mut socket, json!({})).await;
-    loop {
-        let message = next(&mut socket).await.expect("the socket stays open");
-        if message["type"] == "error" {
-            return socket;
-        }
-    }
-}
-
-async fn send(socket: &mut Socket, message: Value) {
+    ws::barrier(&mut socket).await;
     socket
-        .send(Message::text(message.to_string()))
-        .await
-        .expect("send a ws message");
-}
-
-/// The next frame: `Ok(json)` for a text message, `Err(close code)` when closed.
-async fn next(socket: &mut Socket) -> Result<Value, Option<u16>> {
-    loop {
-        let frame = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a ws message in time");
-        match frame {
-            Some(Ok(Message::Text(text))) => {
-                return Ok(serde_json::from_str(text.as_str()).expect("a JSON message"))
-            }
-            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return Err(None),
-        }
-    }
-}
-
-/// Subscribes and waits for the `subscribed` acknowledgement, returning any events that
-/// came before it (the replay) and the live position.
-async fn subscribe(socket: &mut Socket, subscription: Value) -> (Vec<Value>, u64) {
-    send(socket, json!({ "subscribe": subscription })).await;
-    let mut replayed = Vec::new();
-    loop {
-        let message = next(socket).await.expect("the socket stays open");
-        if message["type"] == "subscribed" {
-            let position = message["position"].as_u64().expect("subscribed position");
-            return (replayed, position);
-        }
-        assert_ne!(message["type"], "error", "{message}");
-        replayed.push(message);
-    }
-}
-
-/// Reads events until one at `position` (or past it) arrives.
-async fn events_until(socket: &mut Socket, position: u64) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let message = next(socket).await.expect("the socket stays open");
-        assert_ne!(message["type"], "error", "{message}");
-        let at = message["position"].as_u64().expect("a position");
-        events.push(message);
-        if at >= position {
-            return events;
-        }
-    }
-}
-
-fn positions(events: &[Value]) -> Vec<u64> {
-    events
-        .iter()
-        .map(|e| e["position"].as_u64().expect("position"))
-        .collect()
 }
 
 async fn three_ways_to_authenticate(app: TestApp) {
@@ -189,12 +121,22 @@ async fn bad_tokens_are_refused(app: TestApp) {
         let mut socket = connect(&app, Auth::FirstMessage(token))
             .await
             .expect("the upgrade itself succeeds");
-        assert_eq!(next(&mut socket).await, Err(Some(4001)));
+        assert_eq!(
+            ws::try_next(&mut socket)
+                .await
+                .map_err(|ended| ended.code()),
+            Err(Some(4001))
+        );
     }
     // No authentication at all: a subscribe first is refused.
     let mut socket = connect(&app, Auth::None).await.expect("upgrade");
     send(&mut socket, json!({ "subscribe": {} })).await;
-    assert_eq!(next(&mut socket).await, Err(Some(4001)));
+    assert_eq!(
+        ws::try_next(&mut socket)
+            .await
+            .map_err(|ended| ended.code()),
+        Err(Some(4001))
+    );
 }
 both_backends!(bad_tokens_are_refused);
 
@@ -416,16 +358,13 @@ async fn resume_from_a_position_has_no_gap_and_no_duplicate(app: TestApp) {
     let during = loop {
         tokio::select! {
             done = &mut writer => break done.expect("the writer"),
-            message = next(&mut socket) => keep(message.expect("the socket stays open"), &mut received),
+            message = ws::next(&mut socket) => keep(message, &mut received),
         }
     };
     written.extend(during);
     let last = *written.last().expect("writes");
     while positions(&received).last().copied().unwrap_or(0) < last {
-        keep(
-            next(&mut socket).await.expect("the socket stays open"),
-            &mut received,
-        );
+        keep(ws::next(&mut socket).await, &mut received);
     }
     let live_from = live_from.expect("a subscribed ack");
     assert!(live_from >= from);
@@ -493,7 +432,7 @@ async fn bad_client_messages_get_an_error(app: TestApp) {
         "{}",
     ] {
         socket.send(Message::text(text)).await.expect("send");
-        let reply = next(&mut socket).await.expect("still open");
+        let reply = ws::next(&mut socket).await;
         assert_eq!(reply["type"], "error", "{text}: {reply}");
     }
     // Still usable.
@@ -512,10 +451,10 @@ async fn expired_token_closes_the_socket(app: TestApp) {
         .expect("connected while the token is valid");
     send(&mut socket, json!({ "subscribe": {} })).await;
     loop {
-        match next(&mut socket).await {
+        match ws::try_next(&mut socket).await {
             Ok(message) => assert_eq!(message["type"], "subscribed", "{message}"),
-            Err(code) => {
-                assert_eq!(code, Some(4001));
+            Err(ended) => {
+                assert_eq!(ended.code(), Some(4001), "{ended:?}");
                 break;
             }
         }
@@ -534,7 +473,7 @@ async fn no_events_before_subscribe(app: TestApp) {
     let p = app.create_caretaker("c1").await;
     let early = tokio::time::timeout(Duration::from_millis(500), async {
         loop {
-            let message = next(&mut socket).await.expect("open");
+            let message = ws::next(&mut socket).await;
             if message["type"] != "subscribed" {
                 return message;
             }

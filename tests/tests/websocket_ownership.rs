@@ -6,82 +6,12 @@
 
 use std::collections::BTreeSet;
 
-use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 
-use quintet_tests::{both_backends, Reply, Side, TestApp, WAIT};
+use quintet_tests::ws::{connect, events_until, subscribe};
+use quintet_tests::{both_backends, Reply, TestApp};
 use web::Role;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Connects with the token as the subprotocol.
-async fn connect(app: &TestApp, token: &str) -> Socket {
-    let mut request = app.ws_url().into_client_request().expect("a ws request");
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&format!("bearer, {token}")).expect("header"),
-    );
-    let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("the handshake finishes in time")
-        .expect("connected");
-    socket
-}
-
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a ws message in time");
-        match frame {
-            Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(text.as_str()).expect("a JSON message")
-            }
-            Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => panic!("ws error: {err}"),
-            None => panic!("the socket ended"),
-        }
-    }
-}
-
-/// Subscribes; returns the replayed events (those before the `subscribed` ack).
-async fn subscribe(socket: &mut Socket, subscription: Value) -> Vec<Value> {
-    socket
-        .send(Message::text(
-            json!({ "subscribe": subscription }).to_string(),
-        ))
-        .await
-        .expect("send");
-    let mut replayed = Vec::new();
-    loop {
-        let message = next(socket).await;
-        if message["type"] == "subscribed" {
-            return replayed;
-        }
-        assert_ne!(message["type"], "error", "{message}");
-        replayed.push(message);
-    }
-}
-
-/// Events until one at `position` or past it.
-async fn events_until(socket: &mut Socket, position: u64) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let message = next(socket).await;
-        assert_ne!(message["type"], "error", "{message}");
-        let at = message["position"].as_u64().expect("a position");
-        events.push(message);
-        if at >= position {
-            return events;
-        }
-    }
-}
 
 /// `aggregate_type/aggregate_id` of each event.
 fn streams(events: &[Value]) -> BTreeSet<String> {
@@ -113,13 +43,8 @@ fn typed(events: &[Value]) -> BTreeSet<String> {
 }
 
 async fn admin(app: &TestApp, method: Method, path: &str, body: Value) -> Reply {
-    let token = app.token(Role::Admin);
-    Reply::of(
-        app.anonymous(method, Side::Write, path)
-            .bearer_auth(token)
-            .json(&body),
-    )
-    .await
+    app.write_as(&app.token(Role::Admin), method, path, body)
+        .await
 }
 
 /// The streams only ben's events are in.
@@ -225,11 +150,11 @@ async fn a_user_token_streams_only_its_own_events(app: TestApp) {
     // One connection replays from the start, another only goes live (its owners are all
     // looked up), and an admin's sees everything.
     let mut replaying = connect(&app, &ann).await;
-    let replayed = subscribe(&mut replaying, json!({ "from_position": 0 })).await;
+    let (replayed, _) = subscribe(&mut replaying, json!({ "from_position": 0 })).await;
     let mut live = connect(&app, &ann).await;
     subscribe(&mut live, json!({})).await;
     let mut everything = connect(&app, &app.token(Role::Admin)).await;
-    let replayed_all = subscribe(&mut everything, json!({ "from_position": 0 })).await;
+    let (replayed_all, _) = subscribe(&mut everything, json!({ "from_position": 0 })).await;
 
     assert_none_of_bens(&replayed);
     let replayed_streams = streams(&replayed);
