@@ -20,8 +20,9 @@
 //! connection also updates. The same rules and cache serve the replay (`from_position`) and
 //! the live stream. An owner that cannot be found is not delivered.
 
-use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
 
+use lru::LruCache;
 use serde_json::Value;
 
 use kernel::domain::command::{AUDIT, COMMAND, HANDLER, NOTIFICATION};
@@ -53,27 +54,28 @@ enum Class {
     Mutable(String),
 }
 
-/// A bounded map of owners by `(aggregate type, id)`, the oldest entry evicted first.
-#[derive(Debug, Default)]
+/// A bounded map of owners by `(aggregate type, id)`, the least recently stored entry
+/// evicted first.
+#[derive(Debug)]
 struct OwnerCache {
-    owners: HashMap<(String, String), Option<String>>,
-    order: VecDeque<(String, String)>,
+    owners: LruCache<(String, String), Option<String>>,
+}
+
+impl Default for OwnerCache {
+    fn default() -> Self {
+        Self {
+            owners: LruCache::new(NonZeroUsize::new(OWNER_CACHE_CAPACITY).expect("non-zero")),
+        }
+    }
 }
 
 impl OwnerCache {
     fn get(&self, key: &(String, String)) -> Option<&Option<String>> {
-        self.owners.get(key)
+        self.owners.peek(key)
     }
 
     fn put(&mut self, key: (String, String), owner: Option<String>) {
-        if self.owners.insert(key.clone(), owner).is_none() {
-            self.order.push_back(key);
-            while self.order.len() > OWNER_CACHE_CAPACITY {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.owners.remove(&oldest);
-                }
-            }
-        }
+        self.owners.put(key, owner);
     }
 
     fn len(&self) -> usize {
