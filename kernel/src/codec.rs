@@ -477,39 +477,32 @@ impl Codec {
                 epoch,
             });
         }
-        let defer_new = new_keys != NewKeys::StoreNow;
-        let ask_store = new_keys != NewKeys::WithAppendUnasked;
-        if defer_new {
-            let cached = self.cache.lock().get(key_id).cloned();
-            let key = match cached {
-                Some(key) => Some(key),
-                None if ask_store => match self.keys.get(key_id).await? {
-                    Some(wrapped) => Some(self.cache_unwrapped(key_id, &wrapped, epoch)?),
-                    None => None,
-                },
-                None => None,
-            };
-            if let Some(key) = key {
+        let ask_store = match new_keys {
+            NewKeys::StoreNow => {
                 return Ok(WriteKey {
-                    key: Some(key),
+                    key: Some(self.data_key(key_id, true).await?),
                     new_key: None,
                     epoch,
-                });
+                })
             }
-            let key = DataKey::generate();
-            let wrapped = key.wrap(&self.master, key_id);
+            NewKeys::WithAppend => true,
+            NewKeys::WithAppendUnasked => false,
+        };
+        if let Some(key) = self.known_key(key_id, ask_store, epoch).await? {
             return Ok(WriteKey {
-                key: Some(Arc::new(key)),
-                new_key: Some(NewDataKey {
-                    key_id: key_id.to_string(),
-                    wrapped,
-                }),
+                key: Some(key),
+                new_key: None,
                 epoch,
             });
         }
+        let key = DataKey::generate();
+        let wrapped = key.wrap(&self.master, key_id);
         Ok(WriteKey {
-            key: Some(self.data_key(key_id, true).await?),
-            new_key: None,
+            key: Some(Arc::new(key)),
+            new_key: Some(NewDataKey {
+                key_id: key_id.to_string(),
+                wrapped,
+            }),
             epoch,
         })
     }
@@ -564,20 +557,37 @@ impl Codec {
     }
 
     async fn data_key(&self, key_id: &str, create: bool) -> KernelResult<Arc<DataKey>> {
-        if let Some(key) = self.cache.lock().get(key_id) {
-            return Ok(Arc::clone(key));
-        }
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let wrapped = match self.keys.get(key_id).await? {
-            Some(wrapped) => wrapped,
-            None if create => {
-                let wrapped = DataKey::generate().wrap(&self.master, key_id);
-                // A concurrent writer may have stored its own key first: use whichever is stored.
-                self.keys.put_if_absent(key_id, &wrapped).await?
-            }
-            None => return Err(KernelError::Forgotten(key_id.to_string())),
-        };
-        self.cache_unwrapped(key_id, &wrapped, epoch)
+        if let Some(key) = self.known_key(key_id, true, epoch).await? {
+            return Ok(key);
+        }
+        if !create {
+            return Err(KernelError::Forgotten(key_id.to_string()));
+        }
+        let wrapped = DataKey::generate().wrap(&self.master, key_id);
+        // A concurrent writer may have stored its own key first: use whichever is stored.
+        let stored = self.keys.put_if_absent(key_id, &wrapped).await?;
+        self.cache_unwrapped(key_id, &stored, epoch)
+    }
+
+    /// The key cached for `key_id`, else (when `ask_store`) the one the store holds, now
+    /// cached; `None` when neither has one.
+    async fn known_key(
+        &self,
+        key_id: &str,
+        ask_store: bool,
+        epoch: u64,
+    ) -> KernelResult<Option<Arc<DataKey>>> {
+        if let Some(key) = self.cache.lock().get(key_id) {
+            return Ok(Some(Arc::clone(key)));
+        }
+        if !ask_store {
+            return Ok(None);
+        }
+        match self.keys.get(key_id).await? {
+            Some(wrapped) => Ok(Some(self.cache_unwrapped(key_id, &wrapped, epoch)?)),
+            None => Ok(None),
+        }
     }
 
     /// Unwraps a stored key and caches it, unless a `forget` ran since `epoch` was read.
