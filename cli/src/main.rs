@@ -1,5 +1,9 @@
 //! `quintet`: the command line. Thin: each command calls into the libraries.
 
+// mimalloc: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

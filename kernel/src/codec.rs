@@ -14,7 +14,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine as _;
 use lru::LruCache;
@@ -95,7 +95,9 @@ impl Default for CodecSettings {
         Self {
             compression_enabled: true,
             compress_threshold: 512,
-            zstd_level: 3,
+            // Fast mode: event payloads are small, and for them zstd's levels >= 1 spend most
+            // of their time building Huffman tables (benches/RESULTS.md, codec).
+            zstd_level: -1,
             encryption_enabled: true,
         }
     }
@@ -141,17 +143,24 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// A per-aggregate data key. Never printed.
+/// A per-aggregate data key, with its AES key schedule expanded once (keys are cached and
+/// used for many payloads). Never printed.
 #[derive(Clone)]
-pub struct DataKey([u8; KEY_LEN]);
+pub struct DataKey {
+    key: [u8; KEY_LEN],
+    cipher: Aes256Gcm,
+}
 
 impl DataKey {
     pub fn generate() -> Self {
-        Self(random_key())
+        Self::from_bytes(random_key())
     }
 
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        Self(bytes)
+        Self {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+            key: bytes,
+        }
     }
 
     /// Encrypts this key under the master key. The key id is the associated data, so a wrapped
@@ -164,7 +173,7 @@ impl DataKey {
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: &self.0,
+                    msg: &self.key,
                     aad: &aad,
                 },
             )
@@ -193,11 +202,11 @@ impl DataKey {
             )
             .map_err(|_| CodecError::Unwrap)?;
         let key: [u8; KEY_LEN] = plain.try_into().map_err(|_| CodecError::BadWrappedKey)?;
-        Ok(Self(key))
+        Ok(Self::from_bytes(key))
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&self.0))
+    fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
     }
 }
 
@@ -242,7 +251,8 @@ pub fn is_encrypted(bytes: &[u8]) -> bool {
 }
 
 /// Encodes JSON bytes: zstd when enabled and over the threshold (and only if it helps),
-/// then AES-256-GCM when enabled (`key` is then required).
+/// then AES-256-GCM when enabled (`key` is then required). Everything happens in the output
+/// buffer: compressed into place behind the header, encrypted in place, the tag appended.
 pub fn seal(
     key: Option<&DataKey>,
     aad: &Aad,
@@ -254,43 +264,50 @@ pub fn seal(
             limit: MAX_PAYLOAD_BYTES,
         });
     }
+    let key = if settings.encryption_enabled {
+        Some(key.ok_or(CodecError::MissingKey)?)
+    } else {
+        None
+    };
+    let nonce = key.map(|_| random_nonce());
+    let header = 1 + nonce.map_or(0, |n| n.len());
+    let mut out = Vec::with_capacity(header + json.len() + TAG_LEN);
+    out.push(0); // the format byte, known once the body is
+    if let Some(nonce) = &nonce {
+        out.extend_from_slice(nonce);
+    }
     let mut flags = 0u8;
-    let compressed;
-    let mut body: &[u8] = json;
     if settings.compression_enabled && json.len() > settings.compress_threshold {
-        compressed = compress(json, clamp_level(settings.zstd_level))?;
-        // Incompressible payloads are stored as they are.
-        if compressed.len() < json.len() {
+        // Only a result smaller than the input is kept: incompressible payloads are stored
+        // as they are.
+        out.resize(header + json.len() - 1, 0);
+        if let Some(size) =
+            compress_into(json, clamp_level(settings.zstd_level), &mut out[header..])?
+        {
+            out.truncate(header + size);
             flags |= FLAG_COMPRESSED;
-            body = &compressed;
+        } else {
+            out.truncate(header);
         }
     }
-    if settings.encryption_enabled {
-        let key = key.ok_or(CodecError::MissingKey)?;
+    if flags & FLAG_COMPRESSED == 0 {
+        out.extend_from_slice(json);
+    }
+    if let (Some(key), Some(nonce)) = (key, nonce) {
         flags |= FLAG_ENCRYPTED;
         let format = (VERSION << 4) | flags;
-        let nonce = random_nonce();
-        let sealed = key
+        let tag = key
             .cipher()
-            .encrypt(
+            .encrypt_in_place_detached(
                 Nonce::from_slice(&nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad.encode(format),
-                },
+                &aad.encode(format),
+                &mut out[header..],
             )
             .map_err(|_| CodecError::Encrypt)?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        out.push(format);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        Ok(out)
-    } else {
-        let mut out = Vec::with_capacity(1 + body.len());
-        out.push((VERSION << 4) | flags);
-        out.extend_from_slice(body);
-        Ok(out)
+        out.extend_from_slice(&tag);
     }
+    out[0] = (VERSION << 4) | flags;
+    Ok(out)
 }
 
 /// Decodes what `seal` produced, guided by the format byte alone.
@@ -299,31 +316,33 @@ pub fn open(key: Option<&DataKey>, aad: &Aad, bytes: &[u8]) -> Result<Vec<u8>, C
     if format >> 4 != VERSION || format & 0x0f & !KNOWN_FLAGS != 0 {
         return Err(CodecError::UnknownFormat(format));
     }
-    let decrypted;
-    let body: &[u8] = if format & FLAG_ENCRYPTED != 0 {
-        let key = key.ok_or(CodecError::MissingKey)?;
-        if rest.len() < NONCE_LEN + TAG_LEN {
-            return Err(CodecError::Truncated);
-        }
-        let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        decrypted = key
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad.encode(format),
-                },
-            )
-            .map_err(|_| CodecError::Decrypt)?;
-        &decrypted
+    let compressed = format & FLAG_COMPRESSED != 0;
+    if format & FLAG_ENCRYPTED == 0 {
+        return if compressed {
+            decompress(rest)
+        } else {
+            Ok(rest.to_vec())
+        };
+    }
+    let key = key.ok_or(CodecError::MissingKey)?;
+    if rest.len() < NONCE_LEN + TAG_LEN {
+        return Err(CodecError::Truncated);
+    }
+    let (nonce, sealed) = rest.split_at(NONCE_LEN);
+    let decrypted = key
+        .cipher()
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: &aad.encode(format),
+            },
+        )
+        .map_err(|_| CodecError::Decrypt)?;
+    if compressed {
+        decompress(&decrypted)
     } else {
-        rest
-    };
-    if format & FLAG_COMPRESSED != 0 {
-        decompress(body)
-    } else {
-        Ok(body.to_vec())
+        Ok(decrypted)
     }
 }
 
@@ -339,25 +358,34 @@ thread_local! {
     static DCTX: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
 }
 
-fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, CodecError> {
-    let err = |e: std::io::Error| CodecError::Compress(e.to_string());
+/// Compresses `data` into `out`; `None` when it does not fit (it would not be smaller).
+fn compress_into(data: &[u8], level: i32, out: &mut [u8]) -> Result<Option<usize>, CodecError> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let compressor = match &mut *slot {
             Some((l, c)) if *l == level => c,
             _ => {
-                &mut slot
-                    .insert((level, zstd::bulk::Compressor::new(level).map_err(err)?))
-                    .1
+                let compressor = zstd::bulk::Compressor::new(level)
+                    .map_err(|e| CodecError::Compress(e.to_string()))?;
+                &mut slot.insert((level, compressor)).1
             }
         };
-        compressor.compress(data).map_err(err)
+        match compressor.compress_to_buffer(data, out) {
+            Ok(size) => Ok(Some(size)),
+            // zstd says "destination buffer is too small": it would not be smaller.
+            Err(err) if err.kind() == std::io::ErrorKind::Other => Ok(None),
+            Err(err) => Err(CodecError::Compress(err.to_string())),
+        }
     })
 }
 
-/// Streams the decompression so a bomb stops at the cap instead of allocating its claimed size.
+/// Decompresses into a buffer of the size the frame header declares (our compressor always
+/// writes it), which a bomb cannot exceed: a frame holding more than it declares fails. A
+/// frame that declares no size is streamed, so it stops at the cap instead of allocating its
+/// claimed size.
 fn decompress(data: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let err = |e: std::io::Error| CodecError::Decompress(e.to_string());
+    let zstd_err =
+        |code: usize| CodecError::Decompress(zstd::zstd_safe::get_error_name(code).to_string());
     DCTX.with(|cell| {
         let mut slot = cell.borrow_mut();
         let dctx = match &mut *slot {
@@ -365,18 +393,27 @@ fn decompress(data: &[u8]) -> Result<Vec<u8>, CodecError> {
             None => {
                 let mut dctx = zstd::zstd_safe::DCtx::create();
                 dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))
-                    .map_err(|code| {
-                        CodecError::Decompress(zstd::zstd_safe::get_error_name(code).to_string())
-                    })?;
+                    .map_err(zstd_err)?;
                 slot.insert(dctx)
             }
         };
+        if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(data) {
+            let declared = usize::try_from(declared).unwrap_or(usize::MAX);
+            if declared > MAX_PAYLOAD_BYTES {
+                return Err(CodecError::TooLarge {
+                    limit: MAX_PAYLOAD_BYTES,
+                });
+            }
+            let mut out = Vec::with_capacity(declared);
+            dctx.decompress(&mut out, data).map_err(zstd_err)?;
+            return Ok(out);
+        }
         let decoder = zstd::stream::read::Decoder::with_context(data, dctx);
         let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(MAX_PAYLOAD_BYTES));
         decoder
             .take(MAX_PAYLOAD_BYTES as u64 + 1)
             .read_to_end(&mut out)
-            .map_err(err)?;
+            .map_err(|e| CodecError::Decompress(e.to_string()))?;
         if out.len() > MAX_PAYLOAD_BYTES {
             return Err(CodecError::TooLarge {
                 limit: MAX_PAYLOAD_BYTES,
@@ -399,9 +436,11 @@ fn random_key() -> [u8; KEY_LEN] {
     key
 }
 
+/// A fresh random nonce from the thread's CSPRNG (ChaCha, seeded and periodically reseeded
+/// from the OS): a system call per payload cost more than the rest of a small seal.
 fn random_nonce() -> [u8; NONCE_LEN] {
     let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    rand::thread_rng().fill_bytes(&mut nonce);
     nonce
 }
 

@@ -264,19 +264,34 @@ impl Engine {
     /// Decodes a stored event for projections and the WebSocket: a forgotten payload
     /// becomes `data: None`.
     pub async fn record(&self, stored: StoredEvent) -> KernelResult<RecordedEvent> {
-        let data = match self.decode_payload(&stored).await {
-            Ok(json) => {
-                let mut value: serde_json::Value = serde_json::from_slice(&json)?;
-                value = crate::domain::upcast(
-                    &stored.aggregate_type,
-                    &stored.event_type,
-                    stored.event_version,
-                    value,
-                )?;
-                Some(value)
-            }
-            Err(KernelError::Forgotten(_)) => None,
-            Err(other) => return Err(other),
+        self.record_or_keep(stored).await.map_err(|(err, _)| err)
+    }
+
+    /// Like [`record`](Self::record), but a failure hands the stored event back (so a caller
+    /// that parks undecodable events needs no copy of every event it decodes).
+    pub async fn record_or_keep(
+        &self,
+        stored: StoredEvent,
+    ) -> Result<RecordedEvent, (KernelError, StoredEvent)> {
+        let decoded = match self.decode_payload(&stored).await {
+            Ok(json) => serde_json::from_slice(&json)
+                .map_err(KernelError::from)
+                .and_then(|value| {
+                    crate::domain::upcast(
+                        &stored.aggregate_type,
+                        &stored.event_type,
+                        stored.event_version,
+                        value,
+                    )
+                    .map_err(KernelError::from)
+                })
+                .map(Some),
+            Err(KernelError::Forgotten(_)) => Ok(None),
+            Err(other) => Err(other),
+        };
+        let data = match decoded {
+            Ok(data) => data,
+            Err(err) => return Err((err, stored)),
         };
         Ok(RecordedEvent {
             position: stored.position,
@@ -346,6 +361,46 @@ impl Engine {
         self.run(ctx, || async {
             let mut uow = UnitOfWork::new();
             uow.push(self.decide::<A>(aggregate_id, command(), services).await?)?;
+            Ok(uow)
+        })
+        .await
+    }
+
+    /// Runs a command that creates its aggregate: decided on the empty state and appended as
+    /// the stream's first event, without reading the store or a snapshot first. The append's
+    /// optimistic lock is the existence check: if the stream exists (or deciding on the
+    /// empty state gave no events), it runs as [`execute`](Self::execute) does, on the loaded
+    /// state, which gives the aggregate's own answer (such as "already exists").
+    pub async fn create<A, F>(
+        &self,
+        aggregate_id: &str,
+        command: F,
+        services: &A::Services,
+        ctx: &CommandContext,
+    ) -> KernelResult<Committed>
+    where
+        A: EventSourced,
+        KernelError: From<A::Error>,
+        F: Fn() -> A::Command + Send + Sync,
+    {
+        let blind = std::sync::atomic::AtomicBool::new(true);
+        self.run(ctx, || async {
+            let first = blind.swap(false, std::sync::atomic::Ordering::Relaxed);
+            let empty = Loaded {
+                state: A::default(),
+                sequence: 0,
+                last_event_id: None,
+                from_snapshot: false,
+            };
+            let decision = match first {
+                true => match Self::decide_on(aggregate_id, empty, command(), services).await {
+                    Ok(decision) if !decision.events.is_empty() => decision,
+                    _ => self.decide::<A>(aggregate_id, command(), services).await?,
+                },
+                false => self.decide::<A>(aggregate_id, command(), services).await?,
+            };
+            let mut uow = UnitOfWork::new();
+            uow.push(decision)?;
             Ok(uow)
         })
         .await

@@ -117,6 +117,64 @@ impl Committed {
     }
 }
 
+/// An event's envelope: every field of it but the payload. What a parked entry shows (a
+/// parked copy of personal data would survive crypto-shredding).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventEnvelope {
+    pub position: u64,
+    pub context: &'static str,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: u64,
+    pub event_type: String,
+    pub event_version: i32,
+    pub event_id: Uuid,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// The envelope, without the payload.
+    pub fn into_envelope(self) -> EventEnvelope {
+        EventEnvelope {
+            position: self.position,
+            context: self.context,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            event_id: self.event_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor: self.actor,
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
+impl StoredEvent {
+    /// The envelope, without the payload.
+    pub fn into_envelope(self) -> EventEnvelope {
+        EventEnvelope {
+            position: self.position,
+            context: crate::domain::Context::of_aggregate(&self.aggregate_type).as_str(),
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            event_id: self.event_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor: self.actor,
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
 /// A result remembered under an idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdempotentResult {

@@ -75,62 +75,28 @@ pub fn aggregate_key(aggregate_type: &str, aggregate_id: &str) -> String {
     format!("{aggregate_type}/{aggregate_id}")
 }
 
-/// What a parked entry shows of an event: its envelope without the payload.
-pub fn envelope_of(event: &RecordedEvent) -> Value {
-    json!({
-        "position": event.position,
-        "context": event.context,
-        "aggregate_type": event.aggregate_type,
-        "aggregate_id": event.aggregate_id,
-        "sequence": event.sequence,
-        "event_type": event.event_type,
-        "event_version": event.event_version,
-        "event_id": event.event_id,
-        "correlation_id": event.correlation_id,
-        "causation_id": event.causation_id,
-        "actor": event.actor,
-        "recorded_at": event.recorded_at,
-    })
-}
-
-fn stored_envelope(event: &StoredEvent) -> Value {
-    json!({
-        "position": event.position,
-        "context": crate::domain::Context::of_aggregate(&event.aggregate_type).as_str(),
-        "aggregate_type": event.aggregate_type,
-        "aggregate_id": event.aggregate_id,
-        "sequence": event.sequence,
-        "event_type": event.event_type,
-        "event_version": event.event_version,
-        "event_id": event.event_id,
-        "correlation_id": event.correlation_id,
-        "causation_id": event.causation_id,
-        "actor": event.actor,
-        "recorded_at": event.recorded_at,
-    })
-}
-
 /// Projects one event: its ops, or the projection's error.
-pub fn project_event(projection: &dyn Projection, event: &RecordedEvent) -> ProjectedEvent {
+pub fn project_event(projection: &dyn Projection, event: RecordedEvent) -> ProjectedEvent {
+    let outcome = projection.project(&event).map_err(|err| err.to_string());
     ProjectedEvent {
         aggregate_key: aggregate_key(&event.aggregate_type, &event.aggregate_id),
         sequence: event.sequence,
         position: event.position,
         event_id: event.event_id.to_string(),
-        outcome: projection.project(event).map_err(|err| err.to_string()),
-        envelope: envelope_of(event),
+        outcome,
+        envelope: event.into_envelope().into(),
     }
 }
 
 /// An event whose payload cannot be decoded: parked with the decoding error.
-fn undecodable(stored: &StoredEvent, error: &KernelError) -> ProjectedEvent {
+fn undecodable(stored: StoredEvent, error: &KernelError) -> ProjectedEvent {
     ProjectedEvent {
         aggregate_key: aggregate_key(&stored.aggregate_type, &stored.aggregate_id),
         sequence: stored.sequence,
         position: stored.position,
         event_id: stored.event_id.to_string(),
         outcome: Err(format!("cannot decode the event: {error}")),
-        envelope: stored_envelope(stored),
+        envelope: stored.into_envelope().into(),
     }
 }
 
@@ -141,18 +107,17 @@ pub async fn decode_for(
     projection: &dyn Projection,
     stored: StoredEvent,
 ) -> KernelResult<ProjectedEvent> {
-    let for_error = stored.clone();
-    match engine.record(stored).await {
-        Ok(event) => Ok(project_event(projection, &event)),
-        Err(err @ KernelError::Storage(_)) => Err(err),
-        Err(err) => {
+    match engine.record_or_keep(stored).await {
+        Ok(event) => Ok(project_event(projection, event)),
+        Err((err @ KernelError::Storage(_), _)) => Err(err),
+        Err((err, stored)) => {
             tracing::warn!(
                 projection = projection.name(),
-                position = for_error.position,
+                position = stored.position,
                 error = %err,
                 "event cannot be decoded; parking it"
             );
-            Ok(undecodable(&for_error, &err))
+            Ok(undecodable(stored, &err))
         }
     }
 }
@@ -374,6 +339,16 @@ impl ProjectionRunner {
         let Some(last) = batch.last().map(|event| event.position) else {
             return Ok(ApplyReport::default());
         };
+        let projected = self.project_stored(batch).await?;
+        self.apply_batch(projected, last).await
+    }
+
+    /// Decodes and projects the events of a batch read from the event store that this
+    /// projection handles (the first half of [`apply_stored`](Self::apply_stored)).
+    pub async fn project_stored(
+        &self,
+        batch: Vec<StoredEvent>,
+    ) -> KernelResult<Vec<ProjectedEvent>> {
         let mut projected = Vec::with_capacity(batch.len());
         for stored in batch {
             if self.projection.handles(&stored.aggregate_type)
@@ -382,11 +357,24 @@ impl ProjectionRunner {
                 projected.push(decode_for(&self.engine, &*self.projection, stored).await?);
             }
         }
-        let touched = Touched::of(&projected);
+        Ok(projected)
+    }
+
+    /// Applies projected events with the checkpoint `last` (the second half of
+    /// [`apply_stored`](Self::apply_stored)), then publishes the position and drops the read
+    /// cache's copies of what changed.
+    pub async fn apply_batch(
+        &self,
+        projected: Vec<ProjectedEvent>,
+        last: u64,
+    ) -> KernelResult<ApplyReport> {
+        // A shadow copy being rebuilt has nothing in the cache.
+        let cache = self.cache.as_ref().filter(|_| self.live());
+        let touched = cache.map(|_| Touched::of(&projected));
         let report = self.apply_projected(projected, last).await?;
         // The checkpoint moves before the invalidation: see `read_api::cache`.
         self.position.send_replace(last);
-        if let Some(cache) = self.cache.as_ref().filter(|_| !self.target.contains('#')) {
+        if let (Some(cache), Some(touched)) = (cache, touched) {
             touched.invalidate(&**cache).await;
         }
         metrics::gauge!("quintet_projection_position", "projection" => self.projection.name())
@@ -401,7 +389,7 @@ impl ProjectionRunner {
     pub async fn apply(&self, events: &[RecordedEvent], checkpoint: u64) -> KernelResult<()> {
         let projected = events
             .iter()
-            .map(|event| project_event(&*self.projection, event))
+            .map(|event| project_event(&*self.projection, event.clone()))
             .collect();
         self.apply_projected(projected, checkpoint)
             .await
@@ -582,7 +570,7 @@ pub async fn retry_parked(
                     position: entry.position,
                     event_id: entry.id.clone(),
                     outcome: Err("the event is not in the event store".to_string()),
-                    envelope: entry.envelope.clone(),
+                    envelope: entry.envelope.clone().into(),
                 },
             });
         }

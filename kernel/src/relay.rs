@@ -9,8 +9,9 @@
 //! - The producer is idempotent with `acks=all` and the gapless guarantee. Any delivery failure
 //!   (the broker is down, a topic vanished) throws the producer away; after a backoff a fresh one
 //!   republishes from the stored position. Nothing is dropped or skipped.
-//! - Watermark markers go to every partition of every topic whenever the relay has caught up,
-//!   and at least every [`MARKER_INTERVAL`] while it streams.
+//! - Watermark markers go to every partition of every topic whenever the relay has caught up
+//!   (behind the batch that caught it up, in the same round trip), and at least every
+//!   [`MARKER_INTERVAL`] while it streams.
 //! - Metrics: `quintet_relay_position`, `quintet_relay_lag_events` (head − position),
 //!   `quintet_relay_published_total`, `quintet_relay_failures_total`.
 
@@ -163,18 +164,24 @@ impl Relay {
                 batch = tailer.next_batch().await?;
             }
             let last = batch.last().map_or(tailer.position(), |e| e.position);
-            self.publish(&producer, &batch).await?;
+            // Markers ride with a batch that likely caught the relay up (a short one), or
+            // when they are due: enqueued behind the events on the same idempotent producer,
+            // each partition's marker lands after its events without waiting for their acks,
+            // so a consumer can apply both in one batch.
+            let mark = batch.len() < self.feed.batch_size as usize
+                || marked_at.elapsed() >= MARKER_INTERVAL;
+            let markers = mark.then_some((&partitions, last));
+            self.publish(&producer, &batch, markers).await?;
+            if mark {
+                marked = last;
+                marked_at = Instant::now();
+            }
             self.checkpoints
                 .store_relay_position(&self.name, last)
                 .await?;
             self.position.send_replace(last);
             metrics::gauge!("quintet_relay_position").set(last as f64);
             metrics::counter!("quintet_relay_published_total").increment(batch.len() as u64);
-            if marked_at.elapsed() >= MARKER_INTERVAL {
-                self.publish_markers(&producer, &partitions, last).await?;
-                marked = last;
-                marked_at = Instant::now();
-            }
             if lag_at.is_none_or(|at| at.elapsed() >= LAG_REFRESH) {
                 self.refresh_lag(last).await;
                 lag_at = Some(Instant::now());
@@ -182,8 +189,14 @@ impl Relay {
         }
     }
 
-    /// Sends a batch and waits until the broker acknowledged every event of it.
-    async fn publish(&self, producer: &FutureProducer, batch: &[StoredEvent]) -> KernelResult<()> {
+    /// Sends a batch, then the markers `(partitions, position)` if given, and waits until the
+    /// broker acknowledged all of it.
+    async fn publish(
+        &self,
+        producer: &FutureProducer,
+        batch: &[StoredEvent],
+        markers: Option<(&BTreeMap<String, i32>, u64)>,
+    ) -> KernelResult<()> {
         let mut deliveries = Vec::with_capacity(batch.len());
         for event in batch {
             let (context, key) = kafka::route(event);
@@ -194,6 +207,9 @@ impl Relay {
                 .payload(&value)
                 .headers(kafka::event_headers(event));
             deliveries.push(enqueue(producer, record).await?);
+        }
+        if let Some((partitions, position)) = markers {
+            enqueue_markers(producer, partitions, position, &mut deliveries).await?;
         }
         await_all(deliveries).await
     }
@@ -206,14 +222,7 @@ impl Relay {
         position: u64,
     ) -> KernelResult<()> {
         let mut deliveries = Vec::new();
-        for (topic, count) in partitions {
-            for partition in 0..*count {
-                let record = FutureRecord::<(), ()>::to(topic)
-                    .partition(partition)
-                    .headers(kafka::marker_headers(position));
-                deliveries.push(enqueue(producer, record).await?);
-            }
-        }
+        enqueue_markers(producer, partitions, position, &mut deliveries).await?;
         await_all(deliveries).await
     }
 
@@ -224,6 +233,24 @@ impl Relay {
             Err(err) => tracing::debug!(error = %err, "relay lag: no head position"),
         }
     }
+}
+
+/// Queues the marker `position` for every partition of every topic.
+async fn enqueue_markers(
+    producer: &FutureProducer,
+    partitions: &BTreeMap<String, i32>,
+    position: u64,
+    deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
+) -> KernelResult<()> {
+    for (topic, count) in partitions {
+        for partition in 0..*count {
+            let record = FutureRecord::<(), ()>::to(topic)
+                .partition(partition)
+                .headers(kafka::marker_headers(position));
+            deliveries.push(enqueue(producer, record).await?);
+        }
+    }
+    Ok(())
 }
 
 /// Queues a record, waiting for room when the producer's queue is full.

@@ -23,15 +23,20 @@ use serde_json::json;
 use crate::config::FeedSettings;
 use crate::domain::projection::Projection;
 use crate::engine::Engine;
-use crate::error::KernelResult;
+use crate::error::{KernelError, KernelResult};
 use crate::feed::Tailer;
-use crate::ports::ReadStore;
+use crate::ports::{ApplyReport, ReadStore};
 use crate::projector::ProjectionRunner;
 
 /// How often the status document's `rebuild` field is refreshed.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 /// How often the progress callback runs at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// Events per read from the store at least: bigger batches fold more changes to the same
+/// documents into one write (see `ReadStore::apply_projected`).
+const REBUILD_BATCH: u32 = 10_000;
+/// Batches read ahead of the one being decoded.
+const READ_AHEAD: usize = 2;
 
 /// Where a rebuild is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,14 +215,30 @@ impl Rebuild {
     ) -> KernelResult<Summary> {
         let name = self.projection.name();
         let store = self.engine.store().clone();
-        let runner = ProjectionRunner::new(
-            self.projection.clone(),
-            self.engine.clone(),
-            self.read.clone(),
-            self.feed.clone(),
-        )
-        .targeting(self.generation);
-        let mut tailer = Tailer::new(store.clone(), 0, self.feed.clone(), self.engine.appended());
+        let runner = Arc::new(
+            ProjectionRunner::new(
+                self.projection.clone(),
+                self.engine.clone(),
+                self.read.clone(),
+                self.feed.clone(),
+            )
+            .targeting(self.generation),
+        );
+        // A pipeline of three: a task reads ahead from the store, this loop decodes and
+        // projects, and one apply runs in the background while the next batch is decoded.
+        let mut feed = self.feed.clone();
+        feed.batch_size = feed.batch_size.max(REBUILD_BATCH);
+        let mut tailer = Tailer::new(store.clone(), 0, feed, self.engine.appended());
+        let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reader = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let batch = tailer.next_batch().await;
+                let failed = batch.is_err();
+                if sender.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        }));
         let mut progress = Progress {
             projection: name,
             generation: self.generation,
@@ -227,13 +248,15 @@ impl Rebuild {
             events: 0,
             elapsed: Duration::ZERO,
         };
+        // The last position handed to an apply, and the apply in flight.
+        let mut received = 0u64;
+        let mut applying: Option<tokio::task::JoinHandle<KernelResult<(ApplyReport, u64)>>> = None;
         let mut swap_retries = 0u32;
         let mut last_progress: Option<Instant> = None;
         let mut last_status = Instant::now();
         loop {
             let head = store.head_position().await?;
             progress.target = progress.target.max(head);
-            progress.position = tailer.position();
             progress.elapsed = started.elapsed();
             if last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
                 on_progress(&progress);
@@ -243,7 +266,8 @@ impl Rebuild {
                 self.report(&progress, None).await;
                 last_status = Instant::now();
             }
-            if tailer.position() >= head {
+            if received >= head {
+                finish_apply(&mut applying, &mut progress).await?;
                 // Caught up with the head seen now: try to swap.
                 progress.phase = Phase::Swapping;
                 if self.read.swap_generation(name, self.generation).await? {
@@ -261,12 +285,22 @@ impl Rebuild {
                 let _ = tokio::time::timeout(self.feed.poll_interval, woken.notified()).await;
                 continue;
             }
-            let batch = tailer.next_batch().await?;
-            let report = runner.apply_stored(batch).await?;
-            progress.events += report.applied + report.parked;
+            let batch = batches.recv().await.ok_or_else(|| {
+                KernelError::Storage("the rebuild's store reader stopped".into())
+            })??;
+            let Some(last) = batch.last().map(|event| event.position) else {
+                continue;
+            };
+            received = last;
+            let projected = runner.project_stored(batch).await?;
+            finish_apply(&mut applying, &mut progress).await?;
+            let runner = runner.clone();
+            applying = Some(tokio::spawn(async move {
+                Ok((runner.apply_batch(projected, last).await?, last))
+            }));
         }
+        drop(reader);
         progress.phase = Phase::Done;
-        progress.position = tailer.position();
         progress.elapsed = started.elapsed();
         on_progress(&progress);
         self.report(&progress, None).await;
@@ -312,6 +346,30 @@ impl Rebuild {
         if let Err(err) = self.read.merge_status(self.projection.name(), patch).await {
             tracing::debug!(error = %err, "rebuild status not reported");
         }
+    }
+}
+
+/// Waits for the apply in flight, if any, and counts it in `progress`.
+async fn finish_apply(
+    applying: &mut Option<tokio::task::JoinHandle<KernelResult<(ApplyReport, u64)>>>,
+    progress: &mut Progress,
+) -> KernelResult<()> {
+    if let Some(task) = applying.take() {
+        let (report, last) = task
+            .await
+            .map_err(|err| KernelError::Storage(format!("rebuild apply task: {err}")))??;
+        progress.events += report.applied + report.parked;
+        progress.position = last;
+    }
+    Ok(())
+}
+
+/// Aborts a task when dropped (the read-ahead stops with the rebuild, however it ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -38,7 +38,15 @@ fn settings() -> impl Strategy<Value = CodecSettings> {
     (
         any::<bool>(),
         prop_oneof![Just(0usize), Just(16), Just(512), 0usize..4096],
-        prop_oneof![Just(-5), Just(1), Just(3), Just(9), Just(19), Just(22)],
+        prop_oneof![
+            Just(-5),
+            Just(-1),
+            Just(1),
+            Just(3),
+            Just(9),
+            Just(19),
+            Just(22)
+        ],
         any::<bool>(),
     )
         .prop_map(

@@ -1049,7 +1049,8 @@ mod scenarios {
             position,
             event_id: format!("ev-{key}-{sequence}"),
             outcome: outcome.map_err(str::to_string),
-            envelope: json!({ "aggregate_key": key, "sequence": sequence, "position": position }),
+            envelope: json!({ "aggregate_key": key, "sequence": sequence, "position": position })
+                .into(),
         }
     }
 

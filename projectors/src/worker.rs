@@ -2,7 +2,7 @@
 //! consumer group per projection (`{prefix}projection-{name}`), so projections scale out by
 //! starting more processes.
 //!
-//! Per batch of messages (up to a thousand, or what arrived within a few milliseconds):
+//! Per batch of messages (up to five thousand, or what arrived within a few milliseconds):
 //! 1. admission: the read store, not the broker, says where each partition stands (the next
 //!    offset applied, kept beside its watermark); a message past that point means the broker
 //!    skipped offsets, and the partition is sought back (see [`Worker`]'s `admit`);
@@ -17,6 +17,9 @@
 //!    means "every event up to here is applied", as with the embedded feed; the workers write
 //!    it and read-api only reads it;
 //! 4. only then are the batch's offsets stored for the next commit.
+//!
+//! Steps 1 and 2's decoding (the intake) and the rest (the applier) form a pipeline: the next
+//! batch is decoded while one is applied, and batches are applied in the order received.
 //!
 //! A watchdog rejoins the group when a partition is left without a consumer (see
 //! `Watchdog`). SIGTERM: the in-flight batch finishes, offsets are committed and the consumer
@@ -45,10 +48,12 @@ use web::server::Shutdown;
 
 /// Where per-partition watermarks live in the read store.
 pub const WATERMARKS: &str = "_watermarks";
-/// Messages per batch at most.
-const MAX_BATCH: usize = 1000;
-/// How long a batch waits for more messages after its first one.
-const LINGER: Duration = Duration::from_millis(5);
+/// Messages per batch at most: a backlog is applied in large batches (fewer commits, and
+/// more changes to one document folded into one write).
+const MAX_BATCH: usize = 5000;
+/// How long a batch waits for more messages after its first one: short, as the event and
+/// the marker that moves the checkpoint arrive together (see `kernel::relay`).
+const LINGER: Duration = Duration::from_millis(2);
 /// How often lag, rate and parked count are refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -109,12 +114,18 @@ pub async fn run(
         return Ok(());
     };
     // The read cache the read API fills: what this projector changes is dropped from it.
-    let Some(cache) = retry("read cache", &shutdown, || {
-        kernel::wiring::connect_read_cache(&settings)
-    })
-    .await
-    else {
-        return Ok(());
+    // Only a shared (Redis) cache: an in-process one here is one no reader ever sees.
+    let cache = if settings.cache.backend == kernel::config::MemoryOrRedis::Redis {
+        let Some(cache) = retry("read cache", &shutdown, || {
+            kernel::wiring::connect_read_cache(&settings)
+        })
+        .await
+        else {
+            return Ok(());
+        };
+        Some(cache)
+    } else {
+        None
     };
     // Where the relay stands: what the watermarks must eventually reach (see `Watchdog`).
     let Some(relay) = retry("relay position store", &shutdown, || {
@@ -136,14 +147,16 @@ pub async fn run(
     ));
     let mut tasks = Vec::new();
     for projection in projections {
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             projection,
             backends.engine.clone(),
             read.clone(),
             relay.clone(),
             settings.kafka.clone(),
-        )
-        .with_cache(cache.clone());
+        );
+        if let Some(cache) = &cache {
+            worker = worker.with_cache(cache.clone());
+        }
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
     }
     for task in tasks {
@@ -219,6 +232,12 @@ fn invalidate_twice(cache: Arc<dyn ReadCache>, touched: Touched) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         touched.invalidate(&*cache).await;
     });
+}
+
+/// A batch decoded by the intake, for the applier.
+struct Decoded {
+    batch: Vec<Incoming>,
+    projected: Vec<ProjectedEvent>,
 }
 
 /// Per consumer: the next offset of each partition this worker expects (what it admitted, or
@@ -337,11 +356,31 @@ impl Worker {
         outcome
     }
 
+    /// Two stages joined in this task: the intake receives, admits and decodes batches
+    /// (decoding runs in a task of its own), and the applier applies them in order, so one
+    /// batch is decoded while the one before it is applied. At most one decoded batch waits.
     async fn consume(
         &self,
         consumer: &EventConsumer,
         partitions: &BTreeMap<String, i32>,
         shutdown: &Shutdown,
+    ) -> KernelResult<()> {
+        let (decoded, to_apply) = tokio::sync::mpsc::channel(1);
+        let (intake, applier) = tokio::join!(
+            self.intake(consumer, partitions, shutdown, decoded),
+            self.applier(consumer, partitions, shutdown, to_apply),
+        );
+        intake.and(applier)
+    }
+
+    /// The first stage: batches in, admitted (see `admit`), held while paused, decoded and
+    /// projected. Returns when shut down, or with the error that makes the consumer rejoin.
+    async fn intake(
+        &self,
+        consumer: &EventConsumer,
+        partitions: &BTreeMap<String, i32>,
+        shutdown: &Shutdown,
+        decoded: tokio::sync::mpsc::Sender<Decoded>,
     ) -> KernelResult<()> {
         let mut watchdog = Watchdog::default();
         let mut offsets = Offsets::default();
@@ -383,25 +422,73 @@ impl Worker {
                     _ = tokio::time::sleep(PAUSE_POLL) => {}
                 }
             }
-            // Not raced against shutdown: the in-flight batch finishes.
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match self.handle(&batch, partitions).await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        tracing::warn!(projection = self.name(), error = %err, "batch failed; retrying");
-                        metrics::counter!("quintet_projector_failures_total", "projection" => self.name())
-                            .increment(1);
-                        tokio::select! {
-                            // Stopping without storing the offsets: the batch comes again.
-                            _ = shutdown.clone().wait() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+            let Some(projected) = self.retrying(shutdown, || self.decode(&batch)).await else {
+                return Ok(());
+            };
+            if decoded.send(Decoded { batch, projected }).await.is_err() {
+                // The applier stopped: shutting down.
+                return Ok(());
+            }
+        }
+    }
+
+    /// The second stage: applies decoded batches in order, then stores their offsets. The
+    /// batch in flight finishes on shutdown; what is still queued is left for redelivery.
+    async fn applier(
+        &self,
+        consumer: &EventConsumer,
+        partitions: &BTreeMap<String, i32>,
+        shutdown: &Shutdown,
+        mut to_apply: tokio::sync::mpsc::Receiver<Decoded>,
+    ) -> KernelResult<()> {
+        while let Some(Decoded { batch, projected }) = to_apply.recv().await {
+            // A failed apply decodes the batch again for the next attempt (the projected events
+            // went into it).
+            let mut projected = Some(projected);
+            let applied = self
+                .retrying(shutdown, || {
+                    let first = projected.take();
+                    let batch = &batch;
+                    async move {
+                        let projected = match first {
+                            Some(projected) => projected,
+                            None => self.decode(batch).await?,
+                        };
+                        self.apply(batch, projected, partitions).await
                     }
-                }
+                })
+                .await;
+            if applied.is_none() {
+                // Stopping without storing the offsets: the batch comes again.
+                return Ok(());
             }
             consumer.store_offsets(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `attempt` until it succeeds, backing off after each failure; `None` if shut down
+    /// first.
+    async fn retrying<T, F, Fut>(&self, shutdown: &Shutdown, mut attempt: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = KernelResult<T>>,
+    {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match attempt().await {
+                Ok(value) => return Some(value),
+                Err(err) => {
+                    tracing::warn!(projection = self.name(), error = %err, "batch failed; retrying");
+                    metrics::counter!("quintet_projector_failures_total", "projection" => self.name())
+                        .increment(1);
+                    tokio::select! {
+                        _ = shutdown.clone().wait() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
         }
     }
 
@@ -532,36 +619,54 @@ impl Worker {
         Ok(None)
     }
 
-    /// Applies a batch: the events (guarded, with parking), then the watermarks and the
-    /// checkpoint they allow.
-    async fn handle(
+    /// Decodes and projects the events of a batch that this projection handles, in a task of
+    /// its own (so the applier keeps going meanwhile). An event that can never be decoded
+    /// comes back as one to park.
+    async fn decode(&self, batch: &[Incoming]) -> KernelResult<Vec<ProjectedEvent>> {
+        let events: Vec<_> = batch
+            .iter()
+            .filter_map(|item| match item {
+                Incoming::Event { event, .. }
+                    if self.projection.handles(&event.aggregate_type)
+                        || event.aggregate_type == SYSTEM_AGGREGATE =>
+                {
+                    Some(event.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let engine = self.engine.clone();
+        let projection = self.projection.clone();
+        tokio::spawn(async move {
+            let mut projected = Vec::with_capacity(events.len());
+            for event in events {
+                projected.push(decode_for(&engine, &*projection, event).await?);
+            }
+            Ok(projected)
+        })
+        .await
+        .map_err(|err| KernelError::Storage(format!("decode task: {err}")))?
+    }
+
+    /// Applies a decoded batch: the events (guarded, with parking), then the watermarks and
+    /// the checkpoint they allow.
+    async fn apply(
         &self,
         batch: &[Incoming],
+        projected: Vec<ProjectedEvent>,
         partitions: &BTreeMap<String, i32>,
     ) -> KernelResult<()> {
-        let mut projected: Vec<ProjectedEvent> = Vec::new();
         let mut marks: BTreeMap<(&str, i32), u64> = BTreeMap::new();
         for item in batch {
-            match item {
-                Incoming::Event { event, .. } => {
-                    if self.projection.handles(&event.aggregate_type)
-                        || event.aggregate_type == SYSTEM_AGGREGATE
-                    {
-                        // An event that can never be decoded comes back as one to park.
-                        projected.push(
-                            decode_for(&self.engine, &*self.projection, event.clone()).await?,
-                        );
-                    }
-                }
-                Incoming::Marker {
-                    topic,
-                    partition,
-                    position,
-                    ..
-                } => {
-                    let mark = marks.entry((topic.as_str(), *partition)).or_insert(0);
-                    *mark = (*mark).max(*position);
-                }
+            if let Incoming::Marker {
+                topic,
+                partition,
+                position,
+                ..
+            } = item
+            {
+                let mark = marks.entry((topic.as_str(), *partition)).or_insert(0);
+                *mark = (*mark).max(*position);
             }
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -582,10 +687,10 @@ impl Worker {
         }
         if !projected.is_empty() {
             let count = projected.len() as u64;
-            let touched = Touched::of(&projected);
+            let touched = self.cache.as_ref().map(|_| Touched::of(&projected));
             // Checkpoint 0 leaves it alone (it never moves back): only watermarks move it.
             let report = self.read.apply_projected(self.name(), projected, 0).await?;
-            if let Some(cache) = &self.cache {
+            if let (Some(cache), Some(touched)) = (&self.cache, touched) {
                 invalidate_twice(cache.clone(), touched);
             }
             tracing::debug!(projection = self.name(), ?report, "batch applied");

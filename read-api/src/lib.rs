@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cache;
+pub mod checkpoint_poll;
 pub mod command;
 pub mod event_sourcing;
 pub mod mediator;
@@ -39,6 +40,8 @@ pub struct ReadState {
     pub hub: Hub,
     /// Live checkpoints of the projections running in this process; others are polled.
     pub checkpoints: HashMap<&'static str, watch::Receiver<u64>>,
+    /// The polled ones: one poll loop per projection, shared by every waiting read.
+    pub polled: checkpoint_poll::PolledCheckpoints,
     pub min_position_wait: Duration,
     pub websocket: kernel::config::WebSocketSettings,
     /// How rebuilds started from the admin API tail the event store.
@@ -85,14 +88,11 @@ impl ReadState {
                 return Ok(());
             }
         } else {
-            loop {
-                if self.read.checkpoint(projection).await? >= wanted {
-                    return Ok(());
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut receiver = self.polled.subscribe(&self.read, projection);
+            let reached =
+                tokio::time::timeout_at(deadline, receiver.wait_for(|p| *p >= wanted)).await;
+            if matches!(reached, Ok(Ok(_))) {
+                return Ok(());
             }
         }
         Err(ApiError::Unavailable {
@@ -220,6 +220,7 @@ pub async fn start(
         engine,
         hub,
         checkpoints,
+        polled: Default::default(),
         min_position_wait: settings.read.min_position_wait,
         websocket: settings.websocket.clone(),
         feed: settings.feed.clone(),

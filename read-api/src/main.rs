@@ -1,5 +1,9 @@
 //! `read-api`: the read side as its own process. All the work is in the library.
 
+// mimalloc: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     read_api::main().await

@@ -821,7 +821,7 @@ impl RepositoryWriteApi {
         let id = id_or_new(&request.id);
         let engine = self.engine();
         let committed = engine
-            .execute::<Product, _>(
+            .create::<Product, _>(
                 &id,
                 || ProductCommand::CreateProduct {
                     id: id.clone(),

@@ -10,6 +10,10 @@
 //!
 //! `cargo run --release -p quintet-benches --bin append -- --backend both`
 
+// mimalloc: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

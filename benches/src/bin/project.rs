@@ -29,6 +29,10 @@
 //!
 //! Progress goes to stderr; `RESULT key=value ...` lines to stdout for the script.
 
+// mimalloc: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

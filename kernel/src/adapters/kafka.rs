@@ -242,7 +242,8 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("enable.gapless.guarantee", "true")
         // Bounded record batches: see [`MAX_RECORDS_PER_BATCH`].
         .set("batch.num.messages", MAX_RECORDS_PER_BATCH.to_string())
-        .set("linger.ms", "5")
+        // The relay enqueues whole batches, so waiting for more only adds latency.
+        .set("linger.ms", "1")
         .set(
             "message.timeout.ms",
             settings.produce_timeout.as_millis().max(1).to_string(),

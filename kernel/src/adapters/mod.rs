@@ -1,4 +1,5 @@
 //! Adapters behind the ports.
+pub mod doc_fold;
 pub mod kafka;
 pub mod kafka_commands;
 pub mod memory;

@@ -1239,7 +1239,7 @@ fn parked_statement(
                 "event_id": event.event_id.as_str(),
                 "error": error,
                 "parked_at": now,
-                "envelope": to_bson(&event.envelope),
+                "envelope": to_bson(&event.envelope.to_json()),
             } },
             "upsert": true,
         },
@@ -1291,7 +1291,7 @@ impl ReadStore for MongoReadStore {
                 position: 0,
                 event_id: String::new(),
                 outcome: Ok(effect.ops),
-                envelope: Value::Null,
+                envelope: Value::Null.into(),
             })
             .collect();
         self.apply_projected(projection, events, checkpoint)

@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite};
 
+use crate::adapters::doc_fold::{self, DocKey, DocWrite, Fold};
 use crate::domain::DomainError;
 use crate::error::{KernelError, KernelResult};
 use crate::ports::{
@@ -43,26 +44,10 @@ const VERSIONS_CHUNK: usize = 500;
 /// A shadow generation whose builder has not applied anything for this long is abandoned.
 pub const REBUILD_LEASE: Duration = Duration::from_secs(60);
 
-const UPSERT_DOC: &str = "INSERT INTO documents (collection, id, body) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body";
-const INSERT_DOC_IF_ABSENT: &str =
-    "INSERT INTO documents (collection, id, body) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (collection, id) DO NOTHING";
-// One top-level field, replaced whole; json(?4) inserts the value as JSON, not as a string.
-const SET_FIELD: &str =
-    "UPDATE documents SET body = json_set(body, ?3, json(?4)) WHERE collection = ?1 AND id = ?2";
-// A missing (or non-numeric) field counts as 0; json_set creates missing parent objects.
-const INCREMENT_DOC: &str = "UPDATE documents SET body = json_set(body, ?3, \
-     (CASE WHEN json_type(body, ?3) IN ('integer', 'real') THEN json_extract(body, ?3) ELSE 0 END) + ?4) \
-     WHERE collection = ?1 AND id = ?2";
-const DELETE_DOC: &str = "DELETE FROM documents WHERE collection = ?1 AND id = ?2";
 const DELETE_WHERE: &str = "DELETE FROM documents WHERE collection = ? AND ";
 const TOMBSTONE_WHERE: &str = "UPDATE documents SET body = \
      json_set('{\"tombstone\":true}', '$.id', COALESCE(json_extract(body, '$.id'), id)) \
      WHERE collection = ? AND ";
-const UPSERT_VERSION: &str =
-    "INSERT INTO aggregate_versions (projection, aggregate_key, sequence) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (projection, aggregate_key) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)";
 // The checkpoint only moves forward: a replayed (older) batch leaves it alone.
 const UPSERT_CHECKPOINT: &str =
     "INSERT INTO checkpoints (projection, position, updated_at) VALUES (?1, ?2, ?3) \
@@ -303,7 +288,20 @@ impl SqliteReadStore {
         let mut options = base
             .create_if_missing(true)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // Read models outgrow SQLite's default 2 MiB page cache at a few thousand
+            // documents; past it every batch re-read and spilled pages. Statement journals
+            // (multi-row upserts inside a transaction) stay in memory.
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory")
+            // Checkpoints every 40 MiB of WAL instead of 4 MiB: a page rewritten by many
+            // batches is copied into the database once per checkpoint, and a busy projector
+            // checkpointed (with an fsync) after almost every batch.
+            .pragma("wal_autocheckpoint", "10000");
+        if !in_memory {
+            // Reads of pages the cache lacks come from the mapped file, not read(2) copies.
+            options = options.pragma("mmap_size", "268435456");
+        }
         if !in_memory {
             options = options.journal_mode(SqliteJournalMode::Wal);
         }
@@ -388,19 +386,8 @@ fn bind_all<'q>(mut query: Query<'q>, binds: &'q [Bind]) -> Query<'q> {
 /// Turns a field name (a dotted path such as `by_type.document`) into a quoted JSON path
 /// (`$."by_type"."document"`). Only `[A-Za-z0-9_]` segments separated by single dots pass.
 fn json_path(field: &str) -> KernelResult<String> {
-    let valid = !field.is_empty()
-        && field.split('.').all(|segment| {
-            !segment.is_empty()
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        });
-    if !valid {
-        return Err(KernelError::Storage(format!(
-            "invalid read-model field name `{field}`: only [A-Za-z0-9_] segments joined by dots"
-        )));
-    }
-    let mut path = String::with_capacity(field.len() + 8);
+    doc_fold::check_path(field)?;
+    let mut path = String::with_capacity(field.len() * 2 + 4);
     path.push('$');
     for segment in field.split('.') {
         path.push_str(".\"");
@@ -604,127 +591,273 @@ fn spec_scalar(value: &Value) -> KernelResult<(&'static str, Bind)> {
     })
 }
 
-async fn apply_op(conn: &mut SqliteConnection, target: &Target, op: &DocOp) -> KernelResult<()> {
-    match op {
-        DocOp::Upsert {
-            collection,
-            id,
-            doc,
-        } => {
-            sqlx::query(UPSERT_DOC)
-                .bind(target.physical(collection))
-                .bind(id.as_str())
-                .bind(serde_json::to_string(doc)?)
-                .execute(&mut *conn)
-                .await
-        }
-        DocOp::InsertIfAbsent {
-            collection,
-            id,
-            doc,
-        } => {
-            sqlx::query(INSERT_DOC_IF_ABSENT)
-                .bind(target.physical(collection))
-                .bind(id.as_str())
-                .bind(serde_json::to_string(doc)?)
-                .execute(&mut *conn)
-                .await
-        }
-        DocOp::Merge {
-            collection,
-            id,
-            patch,
-        } => {
-            let collection = target.physical(collection);
-            return merge_fields(conn, &collection, id, patch).await;
-        }
-        DocOp::Increment {
-            collection,
-            id,
-            field,
-            by,
-        } => {
-            let path = json_path(field)?;
-            if !by.is_finite() {
-                return Err(KernelError::Storage(format!(
-                    "cannot increment `{field}` by {by}"
-                )));
-            }
-            // Whole steps stay integers, so a counter reads back as 3 and not 3.0.
-            const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-            let by = if by.fract() == 0.0 && by.abs() < EXACT {
-                Bind::Int(*by as i64)
-            } else {
-                Bind::Real(*by)
-            };
-            let binds = [
-                Bind::Text(target.physical(collection)),
-                Bind::Text(id.clone()),
-                Bind::Text(path),
-                by,
-            ];
-            bind_all(sqlx::query(INCREMENT_DOC), &binds)
-                .execute(&mut *conn)
-                .await
-        }
-        DocOp::Delete { collection, id } => {
-            sqlx::query(DELETE_DOC)
-                .bind(target.physical(collection))
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await
-        }
+/// Runs a set-wise op (`DeleteWhere`, `TombstoneWhere`): it matches documents by content.
+async fn apply_set_wise(
+    conn: &mut SqliteConnection,
+    target: &Target,
+    op: &DocOp,
+) -> KernelResult<()> {
+    let (head, collection, field, value) = match op {
         DocOp::DeleteWhere {
             collection,
             field,
             value,
-        }
-        | DocOp::TombstoneWhere {
+        } => (DELETE_WHERE, collection, field, value),
+        DocOp::TombstoneWhere {
             collection,
             field,
             value,
-        } => {
-            let (condition, mut binds) = equals(field, value)?;
-            binds.insert(0, Bind::Text(target.physical(collection)));
-            let head = if matches!(op, DocOp::DeleteWhere { .. }) {
-                DELETE_WHERE
-            } else {
-                TOMBSTONE_WHERE
-            };
-            let sql = format!("{head}{condition}");
-            bind_all(sqlx::query(&sql), &binds)
-                .execute(&mut *conn)
-                .await
+        } => (TOMBSTONE_WHERE, collection, field, value),
+        _ => {
+            return Err(KernelError::Storage(
+                "a per-document op went the set-wise way".into(),
+            ))
         }
-    }
-    .map(|_| ())
-    .map_err(KernelError::storage)
+    };
+    let (condition, mut binds) = equals(field, value)?;
+    binds.insert(0, Bind::Text(target.physical(collection)));
+    let sql = format!("{head}{condition}");
+    bind_all(sqlx::query(&sql), &binds)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(KernelError::storage)
 }
 
-/// Sets top-level fields of a document, each replaced whole; nothing if it is absent.
-async fn merge_fields(
+/// Applies document ops in order. Each run of per-document ops is folded in memory (see
+/// `doc_fold`): the documents it needs are read in a few statements and each one it changes
+/// is written once, with multi-row statements, instead of one statement per op (every
+/// statement is a round trip to sqlx's SQLite worker thread). Set-wise ops run between the
+/// runs, after what comes before them is written.
+async fn apply_ops(
     conn: &mut SqliteConnection,
-    collection: &str,
-    id: &str,
-    patch: &Value,
+    target: &Target,
+    ops: &[&DocOp],
 ) -> KernelResult<()> {
-    let Some(fields) = patch.as_object() else {
-        return Err(KernelError::Storage(
-            "a merge patch must be an object".into(),
-        ));
-    };
-    for (field, value) in fields {
-        let path = json_path(field)?;
-        sqlx::query(SET_FIELD)
-            .bind(collection)
-            .bind(id)
-            .bind(path)
-            .bind(serde_json::to_string(value)?)
+    let mut fold = Fold::default();
+    // Physical names, made once per collection rather than once per op.
+    let mut physical: HashMap<&str, String> = HashMap::new();
+    for op in ops {
+        match doc_fold::target_of(op) {
+            Some((collection, id)) => {
+                let name = match physical.get(collection) {
+                    Some(name) => name,
+                    None => physical
+                        .entry(collection)
+                        .or_insert_with(|| target.physical(collection)),
+                };
+                fold.push(name, id, op);
+            }
+            None => {
+                write_fold(conn, std::mem::take(&mut fold)).await?;
+                apply_set_wise(conn, target, op).await?;
+            }
+        }
+    }
+    write_fold(conn, fold).await
+}
+
+/// Reads the documents a fold needs, folds, and writes the result.
+async fn write_fold(conn: &mut SqliteConnection, fold: Fold<'_>) -> KernelResult<()> {
+    if fold.is_empty() {
+        return Ok(());
+    }
+    let mut bases: HashMap<DocKey, Value> = HashMap::new();
+    for (collection, ids) in fold.bases_needed() {
+        let mut rest = &ids[..];
+        for size in chunk_sizes(ids.len()) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let sql = format!(
+                "SELECT id, body FROM documents WHERE collection = ? AND id IN ({})",
+                rows(size, "?")
+            );
+            let mut query = sqlx::query(&sql).bind(collection);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            let found = query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(KernelError::storage)?;
+            for row in found {
+                let id: String = row.try_get(0).map_err(KernelError::storage)?;
+                let body: String = row.try_get(1).map_err(KernelError::storage)?;
+                bases.insert((collection.to_string(), id), serde_json::from_str(&body)?);
+            }
+        }
+    }
+    let (puts, removes): (Vec<DocWrite>, Vec<DocWrite>) = fold
+        .finish(bases)?
+        .into_iter()
+        .partition(|write| matches!(write, DocWrite::Put { .. }));
+    let mut rest = &puts[..];
+    for size in chunk_sizes(puts.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO documents (collection, id, body) VALUES {} \
+             ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body",
+            rows(size, "(?, ?, ?)")
+        );
+        let mut query = sqlx::query(&sql);
+        for write in chunk {
+            if let DocWrite::Put {
+                collection,
+                id,
+                body,
+            } = write
+            {
+                query = query
+                    .bind(collection.as_str())
+                    .bind(id.as_str())
+                    .bind(body.as_str());
+            }
+        }
+        query
             .execute(&mut *conn)
             .await
-            .map_err(|err| KernelError::Storage(format!("read store: {err}")))?;
+            .map_err(KernelError::storage)?;
+    }
+    let mut rest = &removes[..];
+    for size in chunk_sizes(removes.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "DELETE FROM documents WHERE (collection, id) IN (VALUES {})",
+            rows(size, "(?, ?)")
+        );
+        let mut query = sqlx::query(&sql);
+        for write in chunk {
+            if let DocWrite::Remove { collection, id } = write {
+                query = query.bind(collection.as_str()).bind(id.as_str());
+            }
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(KernelError::storage)?;
     }
     Ok(())
+}
+
+/// The rows of a multi-row statement at most; each row binds up to 3 parameters, well under
+/// SQLite's limit.
+const MAX_ROWS: usize = 512;
+
+/// Splits `n` rows into statement sizes that are powers of two (at most [`MAX_ROWS`]), so
+/// every multi-row statement has one of ten shapes and stays in sqlx's statement cache.
+fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= MAX_ROWS {
+            MAX_ROWS
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `count` copies of `row`, comma-separated.
+fn rows(count: usize, row: &str) -> String {
+    vec![row; count].join(", ")
+}
+
+/// The stored versions of the given aggregates (absent: none applied).
+async fn stored_versions(
+    conn: &mut SqliteConnection,
+    key: &str,
+    aggregate_keys: &[&str],
+) -> KernelResult<HashMap<String, u64>> {
+    let unique = unique_keys(aggregate_keys);
+    let mut found = HashMap::with_capacity(unique.len());
+    let mut rest = &unique[..];
+    for size in chunk_sizes(unique.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "SELECT aggregate_key, sequence FROM aggregate_versions \
+             WHERE projection = ? AND aggregate_key IN ({})",
+            rows(size, "?")
+        );
+        let mut query = sqlx::query(&sql).bind(key);
+        for aggregate_key in chunk {
+            query = query.bind(*aggregate_key);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(KernelError::storage)?
+        {
+            let aggregate_key: String = row.try_get(0).map_err(KernelError::storage)?;
+            let sequence: i64 = row.try_get(1).map_err(KernelError::storage)?;
+            found.insert(aggregate_key, u64::try_from(sequence).unwrap_or(0));
+        }
+    }
+    Ok(found)
+}
+
+/// The lowest and highest parked sequence of each given aggregate that has parked events.
+async fn parked_ranges(
+    conn: &mut SqliteConnection,
+    key: &str,
+    aggregate_keys: &[&str],
+) -> KernelResult<HashMap<String, (u64, u64)>> {
+    let mut found = HashMap::new();
+    // Almost always none: one cheap probe instead of the lookups.
+    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM parked WHERE projection = ?)")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(KernelError::storage)?;
+    if !any {
+        return Ok(found);
+    }
+    let unique = unique_keys(aggregate_keys);
+    let mut rest = &unique[..];
+    for size in chunk_sizes(unique.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "SELECT aggregate_key, MIN(sequence), MAX(sequence) FROM parked \
+             WHERE projection = ? AND aggregate_key IN ({}) GROUP BY aggregate_key",
+            rows(size, "?")
+        );
+        let mut query = sqlx::query(&sql).bind(key);
+        for aggregate_key in chunk {
+            query = query.bind(*aggregate_key);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(KernelError::storage)?
+        {
+            let aggregate_key: String = row.try_get(0).map_err(KernelError::storage)?;
+            let low: i64 = row.try_get(1).map_err(KernelError::storage)?;
+            let high: i64 = row.try_get(2).map_err(KernelError::storage)?;
+            found.insert(
+                aggregate_key,
+                (
+                    u64::try_from(low).unwrap_or(0),
+                    u64::try_from(high).unwrap_or(0),
+                ),
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// Each key once, in first-seen order.
+fn unique_keys<'k>(keys: &[&'k str]) -> Vec<&'k str> {
+    let mut seen = HashSet::with_capacity(keys.len());
+    keys.iter()
+        .copied()
+        .filter(|key| seen.insert(*key))
+        .collect()
 }
 
 async fn stored_version(
@@ -791,20 +924,23 @@ async fn apply_guarded_in(
     effects: &[EventEffect],
     checkpoint: i64,
 ) -> KernelResult<()> {
+    let keys: Vec<&str> = effects.iter().map(|e| e.aggregate_key.as_str()).collect();
+    let stored = stored_versions(conn, &target.key, &keys).await?;
     let mut applied: HashMap<&str, u64> = HashMap::new();
+    let mut ops: Vec<&DocOp> = Vec::new();
     for effect in effects {
-        let seen = match applied.get(effect.aggregate_key.as_str()) {
-            Some(seen) => *seen,
-            None => stored_version(conn, &target.key, &effect.aggregate_key).await?,
+        let key = effect.aggregate_key.as_str();
+        let version = match applied.get(key) {
+            Some(version) => *version,
+            None => stored.get(key).copied().unwrap_or(0),
         };
-        if effect.sequence <= seen {
+        if effect.sequence <= version {
             continue;
         }
-        for op in &effect.ops {
-            apply_op(conn, target, op).await?;
-        }
-        applied.insert(effect.aggregate_key.as_str(), effect.sequence);
+        ops.extend(&effect.ops);
+        applied.insert(key, effect.sequence);
     }
+    apply_ops(conn, target, &ops).await?;
     let versions: AggregateVersions = applied
         .into_iter()
         .map(|(key, sequence)| (key.to_string(), sequence))
@@ -820,24 +956,29 @@ struct AggregateState {
     parked: Option<(u64, u64)>,
 }
 
-/// Applies or parks each event in order, inside the caller's transaction.
+/// Applies or parks each event in order, inside the caller's transaction. The batch's
+/// aggregates are looked up once, up front, and its document ops folded (see `apply_ops`).
 async fn apply_projected_in(
     conn: &mut SqliteConnection,
     target: &Target,
     events: &[ProjectedEvent],
     checkpoint: i64,
 ) -> KernelResult<ApplyReport> {
+    let keys: Vec<&str> = events.iter().map(|e| e.aggregate_key.as_str()).collect();
+    let versions = stored_versions(conn, &target.key, &keys).await?;
+    let parked = parked_ranges(conn, &target.key, &keys).await?;
     let mut states: HashMap<&str, AggregateState> = HashMap::new();
     let mut report = ApplyReport::default();
     let mut applied: HashMap<&str, u64> = HashMap::new();
+    let mut ops: Vec<&DocOp> = Vec::new();
     let now = chrono::Utc::now().to_rfc3339();
     for event in events {
         let key = event.aggregate_key.as_str();
         let state = match states.get(key) {
             Some(state) => *state,
             None => AggregateState {
-                version: stored_version(conn, &target.key, key).await?,
-                parked: parked_range(conn, &target.key, key).await?,
+                version: versions.get(key).copied().unwrap_or(0),
+                parked: parked.get(key).copied(),
             },
         };
         let already_parked = state.parked.is_some_and(|(_, high)| event.sequence <= high);
@@ -854,10 +995,8 @@ async fn apply_projected_in(
             (Ok(_), Some((low, _))) => Some(format!("held back: event {low} of {key} is parked")),
         };
         let next = match (error, &event.outcome) {
-            (None, Ok(ops)) => {
-                for op in ops {
-                    apply_op(conn, target, op).await?;
-                }
+            (None, Ok(event_ops)) => {
+                ops.extend(event_ops);
                 applied.insert(key, event.sequence);
                 report.applied += 1;
                 AggregateState {
@@ -878,6 +1017,7 @@ async fn apply_projected_in(
         };
         states.insert(key, next);
     }
+    apply_ops(conn, target, &ops).await?;
     let versions: AggregateVersions = applied
         .into_iter()
         .map(|(key, sequence)| (key.to_string(), sequence))
@@ -901,7 +1041,7 @@ async fn insert_parked(
         .bind(event.event_id.as_str())
         .bind(error)
         .bind(now)
-        .bind(serde_json::to_string(&event.envelope)?)
+        .bind(serde_json::to_string(&event.envelope.to_json())?)
         .execute(&mut *conn)
         .await
         .map_err(KernelError::storage)?;
@@ -952,9 +1092,7 @@ async fn retry_parked_in(
         if event.sequence > version {
             match &event.outcome {
                 Ok(ops) => {
-                    for op in ops {
-                        apply_op(conn, target, op).await?;
-                    }
+                    apply_ops(conn, target, &ops.iter().collect::<Vec<_>>()).await?;
                     let versions = vec![(key.to_string(), event.sequence)];
                     write_versions(conn, &target.key, &versions).await?;
                     report.applied += 1;
@@ -1015,11 +1153,23 @@ async fn write_versions(
     key: &str,
     versions: &AggregateVersions,
 ) -> KernelResult<()> {
-    for (aggregate_key, sequence) in versions {
-        sqlx::query(UPSERT_VERSION)
-            .bind(key)
-            .bind(aggregate_key.as_str())
-            .bind(to_i64(*sequence, "sequence")?)
+    let mut rest = &versions[..];
+    for size in chunk_sizes(versions.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO aggregate_versions (projection, aggregate_key, sequence) VALUES {} \
+             ON CONFLICT (projection, aggregate_key) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+            rows(size, "(?, ?, ?)")
+        );
+        let mut query = sqlx::query(&sql);
+        for (aggregate_key, sequence) in chunk {
+            query = query
+                .bind(key)
+                .bind(aggregate_key.as_str())
+                .bind(to_i64(*sequence, "sequence")?);
+        }
+        query
             .execute(&mut *conn)
             .await
             .map_err(KernelError::storage)?;
@@ -1034,9 +1184,7 @@ async fn apply_in(
     versions: &AggregateVersions,
     checkpoint: i64,
 ) -> KernelResult<()> {
-    for op in ops {
-        apply_op(conn, target, op).await?;
-    }
+    apply_ops(conn, target, &ops.iter().collect::<Vec<_>>()).await?;
     write_versions(conn, &target.key, versions).await?;
     sqlx::query(UPSERT_CHECKPOINT)
         .bind(target.key.as_str())
@@ -1577,15 +1725,23 @@ impl ReadStore for SqliteReadStore {
         let projection = projection.to_string();
         self.write(Box::new(move |conn| {
             Box::pin(async move {
-                let created = serde_json::json!({ "name": projection });
-                sqlx::query(INSERT_DOC_IF_ABSENT)
-                    .bind(STATUS_COLLECTION)
-                    .bind(projection.as_str())
-                    .bind(serde_json::to_string(&created)?)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(KernelError::storage)?;
-                merge_fields(conn, STATUS_COLLECTION, &projection, &patch).await
+                let ops = [
+                    DocOp::InsertIfAbsent {
+                        collection: STATUS_COLLECTION.to_string(),
+                        id: projection.clone(),
+                        doc: serde_json::json!({ "name": projection }),
+                    },
+                    DocOp::Merge {
+                        collection: STATUS_COLLECTION.to_string(),
+                        id: projection.clone(),
+                        patch,
+                    },
+                ];
+                let mut fold = Fold::default();
+                for op in &ops {
+                    fold.push(STATUS_COLLECTION, &projection, op);
+                }
+                write_fold(conn, fold).await
             })
         }))
         .await

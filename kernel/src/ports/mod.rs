@@ -278,7 +278,39 @@ pub struct ProjectedEvent {
     pub outcome: Result<Vec<DocOp>, String>,
     /// What a parked entry shows: the event's envelope, without its payload (a parked copy
     /// of personal data would survive crypto-shredding).
-    pub envelope: Value,
+    pub envelope: ParkedEnvelope,
+}
+
+/// A parked entry's envelope: the event's fields, turned into JSON only if the event is
+/// parked (almost none are, and building JSON for each cost several allocations), or JSON
+/// already (an entry read back to be retried).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParkedEnvelope {
+    Event(Box<crate::envelope::EventEnvelope>),
+    Json(Value),
+}
+
+impl ParkedEnvelope {
+    pub fn to_json(&self) -> Value {
+        match self {
+            ParkedEnvelope::Event(envelope) => {
+                serde_json::to_value(envelope).unwrap_or(Value::Null)
+            }
+            ParkedEnvelope::Json(json) => json.clone(),
+        }
+    }
+}
+
+impl From<Value> for ParkedEnvelope {
+    fn from(json: Value) -> Self {
+        ParkedEnvelope::Json(json)
+    }
+}
+
+impl From<crate::envelope::EventEnvelope> for ParkedEnvelope {
+    fn from(envelope: crate::envelope::EventEnvelope) -> Self {
+        ParkedEnvelope::Event(Box::new(envelope))
+    }
 }
 
 /// What one `apply_projected` call did.

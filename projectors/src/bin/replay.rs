@@ -1,6 +1,10 @@
 //! `replay`: rebuilds projections blue/green from the event store (`--projection NAME` or
 //! `--all`), with a progress bar. All the work is in `projectors::replay`.
 
+// mimalloc: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 /// Rebuild projections from the event store into a shadow copy, catch up with live writes,

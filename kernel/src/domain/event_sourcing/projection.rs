@@ -118,12 +118,12 @@ impl Projection for EventSourcingProjection {
         match kind {
             Some(kind) => {
                 let parsed: GenericEvent =
-                    serde_json::from_value(data.clone()).map_err(|e| error(e.to_string()))?;
+                    serde::Deserialize::deserialize(data).map_err(|e| error(e.to_string()))?;
                 Ok(aggregate_ops(kind, event, &parsed))
             }
             None => {
                 let parsed: SnapshotLogEvent =
-                    serde_json::from_value(data.clone()).map_err(|e| error(e.to_string()))?;
+                    serde::Deserialize::deserialize(data).map_err(|e| error(e.to_string()))?;
                 Ok(snapshot_ops(event, parsed))
             }
         }

@@ -73,7 +73,7 @@ impl Projection for MediatorProjection {
             });
         };
         let parsed: MediatorEvent =
-            serde_json::from_value(data.clone()).map_err(|err| ProjectionError {
+            serde::Deserialize::deserialize(data).map_err(|err| ProjectionError {
                 projection: PROJECTION_NAME.to_string(),
                 event_type: event.event_type.clone(),
                 position: event.position,

@@ -85,11 +85,11 @@ impl Projection for MementoProjection {
         };
         if aggregate_type == CARETAKER {
             let parsed: CaretakerEvent =
-                serde_json::from_value(data.clone()).map_err(|e| error(e.to_string()))?;
+                serde::Deserialize::deserialize(data).map_err(|e| error(e.to_string()))?;
             Ok(caretaker_ops(&event.aggregate_id, parsed))
         } else {
             let parsed: OriginatorEvent =
-                serde_json::from_value(data.clone()).map_err(|e| error(e.to_string()))?;
+                serde::Deserialize::deserialize(data).map_err(|e| error(e.to_string()))?;
             Ok(originator_ops(&event.aggregate_id, event.position, parsed))
         }
     }
