@@ -324,6 +324,16 @@ pub struct KafkaSettings {
     /// How long a produce may wait for the broker before the relay retries.
     #[serde(with = "duration_text")]
     pub produce_timeout: Duration,
+    /// How long a consumer's fetch waits at the broker for records (librdkafka's
+    /// `fetch.wait.max.ms`). tansu holds every fetch this long even when records arrive
+    /// meanwhile, so it bounds how late a consumer sees them; shorter costs the broker more
+    /// fetches while idle.
+    #[serde(with = "duration_text", default = "default_fetch_wait")]
+    pub fetch_wait: Duration,
+}
+
+fn default_fetch_wait() -> Duration {
+    Duration::from_millis(5)
 }
 
 impl Default for KafkaSettings {
@@ -333,6 +343,7 @@ impl Default for KafkaSettings {
             topic_prefix: String::new(),
             partitions: 3,
             produce_timeout: Duration::from_secs(5),
+            fetch_wait: default_fetch_wait(),
         }
     }
 }

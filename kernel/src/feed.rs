@@ -69,12 +69,17 @@ impl Tailer {
     /// the contiguous run of them.
     pub async fn next_batch(&mut self) -> KernelResult<Vec<StoredEvent>> {
         loop {
+            // Registered for the wake-up before looking: a commit that lands while the store is
+            // being read wakes the wait below at once, instead of after a poll interval (the
+            // commit notifies only the waiters registered at that moment).
+            let wake = self.wake.clone();
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let batch = self.poll().await?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
-            // Register for the wake-up before sleeping; a poll interval bounds a missed one.
-            let woken = self.wake.notified();
             let _ = tokio::time::timeout(self.settings.poll_interval, woken).await;
         }
     }

@@ -17,5 +17,6 @@ pub mod feed;
 pub mod projector;
 pub mod relay;
 pub mod replay;
+pub mod task;
 pub mod telemetry;
 pub mod wiring;

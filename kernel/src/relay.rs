@@ -15,11 +15,12 @@
 //! - Metrics: `quintet_relay_position`, `quintet_relay_lag_events` (head − position),
 //!   `quintet_relay_published_total`, `quintet_relay_failures_total`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{watch, Notify};
 
@@ -140,63 +141,144 @@ impl Relay {
         metrics::gauge!("quintet_relay_position").set(start as f64);
         tracing::info!(relay = %self.name, position = start, "relay publishing");
 
-        let mut tailer = Tailer::new(
+        let tailer = Tailer::new(
             self.store.clone(),
             start,
             self.feed.clone(),
             self.wake.clone(),
         );
+        // The store is read in a task of its own (the tailer is not cancel-safe), so a batch
+        // is read and enqueued while earlier ones wait for their acknowledgements.
+        let (sender, mut feed) = tokio::sync::mpsc::channel(2);
+        let _reader = crate::task::AbortOnDrop(tokio::spawn(read_store(tailer, sender)));
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut marked = 0u64;
         let mut marked_at = Instant::now();
         let mut lag_at: Option<Instant> = None;
-        loop {
-            let mut batch = tailer.poll().await?;
-            if batch.is_empty() {
-                // Caught up (or waiting on a gap): tell the consumers where everything stands.
-                if marked < tailer.position() {
-                    self.publish_markers(&producer, &partitions, tailer.position())
-                        .await?;
-                    marked = tailer.position();
-                    marked_at = Instant::now();
+        let outcome: KernelResult<std::convert::Infallible> = loop {
+            let step = tokio::select! {
+                biased;
+                acked = front_acked(&mut in_flight), if !in_flight.is_empty() => Step::Acked(acked),
+                read = feed.recv(), if in_flight.len() < MAX_IN_FLIGHT => Step::Read(read),
+            };
+            match step {
+                Step::Acked(Err(err)) => {
+                    // Settled: it must not be awaited again.
+                    in_flight.pop_front();
+                    break Err(err);
                 }
-                self.refresh_lag(tailer.position()).await;
-                lag_at = Some(Instant::now());
-                batch = tailer.next_batch().await?;
+                Step::Acked(Ok(())) => {
+                    // Everything acknowledged in order from the front: one stored position.
+                    let mut last = in_flight.pop_front().map_or(0, |done| done.last);
+                    while let Some(front) = in_flight.front_mut() {
+                        match (&mut front.acked).now_or_never() {
+                            Some(Ok(())) => last = in_flight.pop_front().map_or(last, |d| d.last),
+                            Some(Err(err)) => {
+                                in_flight.pop_front();
+                                return self.fail(err, in_flight).await;
+                            }
+                            None => break,
+                        }
+                    }
+                    if let Err(err) = self
+                        .checkpoints
+                        .store_relay_position(&self.name, last)
+                        .await
+                    {
+                        break Err(err);
+                    }
+                    self.position.send_replace(last);
+                    metrics::gauge!("quintet_relay_position").set(last as f64);
+                    if lag_at.is_none_or(|at| at.elapsed() >= LAG_REFRESH) {
+                        self.refresh_lag(last).await;
+                        lag_at = Some(Instant::now());
+                    }
+                }
+                Step::Read(None) => {
+                    break Err(KernelError::Storage(
+                        "the relay's store reader stopped".into(),
+                    ))
+                }
+                Step::Read(Some(Err(err))) => break Err(err),
+                Step::Read(Some(Ok(Read::CaughtUp(position)))) => {
+                    // Caught up (or waiting on a gap): tell the consumers where everything
+                    // stands.
+                    if marked < position {
+                        let mut deliveries = Vec::new();
+                        if let Err(err) =
+                            enqueue_markers(&producer, &partitions, position, &mut deliveries).await
+                        {
+                            break Err(err);
+                        }
+                        in_flight.push_back(InFlight::new(position, deliveries));
+                        marked = position;
+                        marked_at = Instant::now();
+                    }
+                    if lag_at.is_none_or(|at| at.elapsed() >= LAG_REFRESH) {
+                        self.refresh_lag(position).await;
+                        lag_at = Some(Instant::now());
+                    }
+                }
+                Step::Read(Some(Ok(Read::Batch(batch)))) => {
+                    let Some(last) = batch.last().map(|e| e.position) else {
+                        continue;
+                    };
+                    // Markers ride with a batch that likely caught the relay up (a short one),
+                    // or when they are due: enqueued behind the events on the same idempotent
+                    // producer, each partition's marker lands after its events without waiting
+                    // for their acks, so a consumer can apply both in one batch.
+                    let mark = batch.len() < self.feed.batch_size as usize
+                        || marked_at.elapsed() >= MARKER_INTERVAL;
+                    let markers = mark.then_some((&partitions, last));
+                    let deliveries = match self.enqueue(&producer, &batch, markers).await {
+                        Ok(deliveries) => deliveries,
+                        Err(err) => break Err(err),
+                    };
+                    tracing::debug!(
+                        relay = %self.name,
+                        first = batch[0].position,
+                        last,
+                        markers = mark,
+                        in_flight = in_flight.len(),
+                        "relay enqueued"
+                    );
+                    in_flight.push_back(InFlight::new(last, deliveries));
+                    metrics::counter!("quintet_relay_published_total")
+                        .increment(batch.len() as u64);
+                    if mark {
+                        marked = last;
+                        marked_at = Instant::now();
+                    }
+                }
             }
-            let last = batch.last().map_or(tailer.position(), |e| e.position);
-            // Markers ride with a batch that likely caught the relay up (a short one), or
-            // when they are due: enqueued behind the events on the same idempotent producer,
-            // each partition's marker lands after its events without waiting for their acks,
-            // so a consumer can apply both in one batch.
-            let mark = batch.len() < self.feed.batch_size as usize
-                || marked_at.elapsed() >= MARKER_INTERVAL;
-            let markers = mark.then_some((&partitions, last));
-            self.publish(&producer, &batch, markers).await?;
-            if mark {
-                marked = last;
-                marked_at = Instant::now();
-            }
-            self.checkpoints
-                .store_relay_position(&self.name, last)
-                .await?;
-            self.position.send_replace(last);
-            metrics::gauge!("quintet_relay_position").set(last as f64);
-            metrics::counter!("quintet_relay_published_total").increment(batch.len() as u64);
-            if lag_at.is_none_or(|at| at.elapsed() >= LAG_REFRESH) {
-                self.refresh_lag(last).await;
-                lag_at = Some(Instant::now());
-            }
+        };
+        match outcome {
+            Ok(never) => match never {},
+            Err(err) => self.fail(err, in_flight).await,
         }
     }
 
-    /// Sends a batch, then the markers `(partitions, position)` if given, and waits until the
-    /// broker acknowledged all of it.
-    async fn publish(
+    /// Lets every delivery still in flight settle (nothing of this producer is left in flight
+    /// when it is dropped), then fails with `err`.
+    async fn fail(
+        &self,
+        err: KernelError,
+        in_flight: VecDeque<InFlight>,
+    ) -> KernelResult<std::convert::Infallible> {
+        for pending in in_flight {
+            let _ = pending.acked.await;
+        }
+        Err(err)
+    }
+
+    /// Queues a batch, then the markers `(partitions, position)` if given; the deliveries
+    /// settle as the broker acknowledges them.
+    async fn enqueue(
         &self,
         producer: &FutureProducer,
         batch: &[StoredEvent],
         markers: Option<(&BTreeMap<String, i32>, u64)>,
-    ) -> KernelResult<()> {
+    ) -> KernelResult<Vec<rdkafka::producer::DeliveryFuture>> {
         let mut deliveries = Vec::with_capacity(batch.len());
         for event in batch {
             let (context, key) = kafka::route(event);
@@ -211,19 +293,7 @@ impl Relay {
         if let Some((partitions, position)) = markers {
             enqueue_markers(producer, partitions, position, &mut deliveries).await?;
         }
-        await_all(deliveries).await
-    }
-
-    /// Sends the marker `position` to every partition of every topic and waits for the acks.
-    async fn publish_markers(
-        &self,
-        producer: &FutureProducer,
-        partitions: &BTreeMap<String, i32>,
-        position: u64,
-    ) -> KernelResult<()> {
-        let mut deliveries = Vec::new();
-        enqueue_markers(producer, partitions, position, &mut deliveries).await?;
-        await_all(deliveries).await
+        Ok(deliveries)
     }
 
     async fn refresh_lag(&self, position: u64) {
@@ -231,6 +301,72 @@ impl Relay {
             Ok(head) => metrics::gauge!("quintet_relay_lag_events")
                 .set(head.saturating_sub(position) as f64),
             Err(err) => tracing::debug!(error = %err, "relay lag: no head position"),
+        }
+    }
+}
+
+/// Batches (or marker sets) enqueued and not yet acknowledged, at most: enough to keep
+/// reading while the broker acknowledges (tansu took 11-18 ms for an event and its markers).
+const MAX_IN_FLIGHT: usize = 16;
+
+/// A batch (or a set of markers) enqueued: acknowledged once `acked` resolves.
+struct InFlight {
+    /// The position every event up to which is published once this is acknowledged.
+    last: u64,
+    acked: futures::future::BoxFuture<'static, KernelResult<()>>,
+}
+
+impl InFlight {
+    fn new(last: u64, deliveries: Vec<rdkafka::producer::DeliveryFuture>) -> Self {
+        Self {
+            last,
+            acked: Box::pin(await_all(deliveries)),
+        }
+    }
+}
+
+/// What the store reader hands the relay.
+enum Read {
+    Batch(Vec<StoredEvent>),
+    /// Nothing more to read for now; everything up to here was handed out.
+    CaughtUp(u64),
+}
+
+enum Step {
+    Acked(KernelResult<()>),
+    Read(Option<KernelResult<Read>>),
+}
+
+/// Waits for the oldest batch in flight to be acknowledged (cancel-safe: the future stays in
+/// the queue).
+async fn front_acked(in_flight: &mut VecDeque<InFlight>) -> KernelResult<()> {
+    match in_flight.front_mut() {
+        Some(front) => (&mut front.acked).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the store gap-safely and hands the relay batches, and a `CaughtUp` each time it
+/// has read everything there is.
+async fn read_store(mut tailer: Tailer, sender: tokio::sync::mpsc::Sender<KernelResult<Read>>) {
+    loop {
+        let read = match tailer.poll().await {
+            Ok(batch) if batch.is_empty() => {
+                if sender
+                    .send(Ok(Read::CaughtUp(tailer.position())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tailer.next_batch().await.map(Read::Batch)
+            }
+            Ok(batch) => Ok(Read::Batch(batch)),
+            Err(err) => Err(err),
+        };
+        let failed = read.is_err();
+        if sender.send(read).await.is_err() || failed {
+            return;
         }
     }
 }

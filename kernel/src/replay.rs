@@ -230,7 +230,7 @@ impl Rebuild {
         feed.batch_size = feed.batch_size.max(REBUILD_BATCH);
         let mut tailer = Tailer::new(store.clone(), 0, feed, self.engine.appended());
         let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
-        let reader = AbortOnDrop(tokio::spawn(async move {
+        let reader = crate::task::AbortOnDrop(tokio::spawn(async move {
             loop {
                 let batch = tailer.next_batch().await;
                 let failed = batch.is_err();
@@ -362,15 +362,6 @@ async fn finish_apply(
         progress.position = last;
     }
     Ok(())
-}
-
-/// Aborts a task when dropped (the read-ahead stops with the rebuild, however it ends).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Rebuilds one projection: [`Rebuild::begin`] then [`Rebuild::run`].

@@ -45,6 +45,7 @@ fn kafka_settings(brokers: &str) -> KafkaSettings {
         topic_prefix: format!("t{}_", support::rig::hex_id()),
         partitions: 3,
         produce_timeout: Duration::from_secs(2),
+        ..KafkaSettings::default()
     }
 }
 

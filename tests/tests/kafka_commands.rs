@@ -26,6 +26,7 @@ fn kafka(prefix: &str) -> KafkaSettings {
         topic_prefix: prefix.to_string(),
         partitions: 1,
         produce_timeout: Duration::from_secs(5),
+        ..KafkaSettings::default()
     }
 }
 

@@ -23,7 +23,7 @@
 //! (each into a fresh read store) and reads the rate from its summary line.
 //!
 //! `project fetch-latency`: times one message at a time through the broker (produce ack,
-//! consumer receipt) with librdkafka's default `fetch.wait.max.ms` and with 10 ms.
+//! consumer receipt) with librdkafka's default `fetch.wait.max.ms` and with 10, 5 and 2 ms.
 //!
 //! `project drop-topics --prefix P`: deletes the event topics of a prefix (best effort).
 //!
@@ -834,7 +834,7 @@ async fn fetch_latency(options: &Options) {
     let producer: FutureProducer = kafka::producer_config(&settings)
         .create()
         .expect("producer");
-    for wait in [None, Some("10")] {
+    for wait in [None, Some("10"), Some("5"), Some("2")] {
         let mut config = kafka::client_config(&settings);
         config
             .set("group.id", format!("{prefix}latency"))

@@ -268,8 +268,12 @@ pub fn consumer_config(settings: &KafkaSettings, group: &str) -> ClientConfig {
         .set("topic.metadata.refresh.interval.ms", "5000")
         // tansu 0.6 holds a fetch for its whole max wait even when records arrive meanwhile,
         // so librdkafka's default (500 ms) put ~480 ms on every message of an idle consumer
-        // (`benches/src/bin/project.rs fetch-latency`: 476 ms vs 13 ms at 10 ms).
-        .set("fetch.wait.max.ms", "10");
+        // (`benches/src/bin/project.rs fetch-latency`: 476 ms vs 13 ms at 10 ms). A relay
+        // batch's markers also land in several fetches, one per partition written meanwhile.
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait.as_millis().clamp(1, 60_000).to_string(),
+        );
     config
 }
 
