@@ -33,7 +33,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -745,24 +745,11 @@ async fn run_naive(
     let partitions = kafka::partition_counts(&settings, std::slice::from_ref(&topic))
         .await
         .expect("partitions")[&topic];
-    // Where each partition ends now (the relay is done): the naive run stops there.
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for partition in 0..partitions {
-        let settings = settings.clone();
-        let topic = topic.clone();
-        let (_, high) = tokio::task::spawn_blocking(move || {
-            let client: rdkafka::consumer::BaseConsumer =
-                kafka::client_config(&settings).create().expect("client");
-            client
-                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                .expect("watermarks")
-        })
-        .await
-        .expect("watermark task");
-        if high > 0 {
-            ends.insert(partition, high);
-        }
-    }
+    // The relay is done: every partition ends with a marker at the store's head, and the naive
+    // run stops once it has seen one on each (tansu's high watermarks are not reliable for
+    // record batches of several records, such as an event and its marker).
+    let head = engine.store().head_position().await.expect("head");
+    let mut waiting: std::collections::HashSet<i32> = (0..partitions).collect();
     let mut config = kafka::client_config(&settings);
     config
         .set("group.id", format!("{}naive", world.prefix))
@@ -778,21 +765,17 @@ async fn run_naive(
     let projection = MementoProjection;
     let mut events = 0u64;
     let mut started: Option<Instant> = None;
-    while !ends.is_empty() {
+    while !waiting.is_empty() {
         let stored = {
             let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
                 .await
                 .expect("the naive consumer got nothing for 60 s")
                 .expect("receive");
             started.get_or_insert_with(Instant::now);
-            let partition = message.partition();
-            if ends
-                .get(&partition)
-                .is_some_and(|end| message.offset() + 1 >= *end)
-            {
-                ends.remove(&partition);
-            }
-            if kafka::header(&message, MARKER_HEADER).is_some() {
+            if let Some(marker) = kafka::header(&message, MARKER_HEADER) {
+                if marker.parse::<u64>().is_ok_and(|position| position >= head) {
+                    waiting.remove(&message.partition());
+                }
                 continue;
             }
             kafka::decode_event(message.payload().unwrap_or_default()).expect("decode")
