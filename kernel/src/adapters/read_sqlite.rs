@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
 
@@ -640,12 +640,9 @@ async fn apply_ops(
     for op in ops {
         match doc_fold::target_of(op) {
             Some((collection, id)) => {
-                let name = match physical.get(collection) {
-                    Some(name) => name,
-                    None => physical
-                        .entry(collection)
-                        .or_insert_with(|| target.physical(collection)),
-                };
+                let name = physical
+                    .entry(collection)
+                    .or_insert_with(|| target.physical(collection));
                 fold.push(name, id, op);
             }
             None => {
@@ -664,41 +661,25 @@ async fn write_fold(conn: &mut SqliteConnection, fold: Fold<'_>) -> KernelResult
     }
     let mut bases: HashMap<DocKey, Value> = HashMap::new();
     for (collection, ids) in fold.bases_needed() {
-        let mut rest = &ids[..];
-        for size in chunk_sizes(ids.len()) {
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let sql = format!(
-                "SELECT id, body FROM documents WHERE collection = ? AND id IN ({})",
-                rows(size, "?")
-            );
-            let mut query = sqlx::query(&sql).bind(collection);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            let found = query
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(KernelError::storage)?;
-            for row in found {
-                let id: String = row.try_get(0).map_err(KernelError::storage)?;
-                let body: String = row.try_get(1).map_err(KernelError::storage)?;
-                bases.insert((collection.to_string(), id), serde_json::from_str(&body)?);
-            }
+        let found = select_in(conn, collection, &ids, |list| {
+            format!("SELECT id, body FROM documents WHERE collection = ? AND id IN ({list})")
+        })
+        .await?;
+        for row in found {
+            let id: String = row.try_get(0).map_err(KernelError::storage)?;
+            let body: String = row.try_get(1).map_err(KernelError::storage)?;
+            bases.insert((collection.to_string(), id), serde_json::from_str(&body)?);
         }
     }
     let (puts, removes): (Vec<DocWrite>, Vec<DocWrite>) = fold
         .finish(bases)?
         .into_iter()
         .partition(|write| matches!(write, DocWrite::Put { .. }));
-    let mut rest = &puts[..];
-    for size in chunk_sizes(puts.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
+    for chunk in statement_chunks(&puts) {
         let sql = format!(
             "INSERT INTO documents (collection, id, body) VALUES {} \
              ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body",
-            rows(size, "(?, ?, ?)")
+            rows(chunk.len(), "(?, ?, ?)")
         );
         let mut query = sqlx::query(&sql);
         for write in chunk {
@@ -719,13 +700,10 @@ async fn write_fold(conn: &mut SqliteConnection, fold: Fold<'_>) -> KernelResult
             .await
             .map_err(KernelError::storage)?;
     }
-    let mut rest = &removes[..];
-    for size in chunk_sizes(removes.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
+    for chunk in statement_chunks(&removes) {
         let sql = format!(
             "DELETE FROM documents WHERE (collection, id) IN (VALUES {})",
-            rows(size, "(?, ?)")
+            rows(chunk.len(), "(?, ?)")
         );
         let mut query = sqlx::query(&sql);
         for write in chunk {
@@ -745,10 +723,11 @@ async fn write_fold(conn: &mut SqliteConnection, fold: Fold<'_>) -> KernelResult
 /// SQLite's limit.
 const MAX_ROWS: usize = 512;
 
-/// Splits `n` rows into statement sizes that are powers of two (at most [`MAX_ROWS`]), so
-/// every multi-row statement has one of ten shapes and stays in sqlx's statement cache.
-fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+/// Splits `items` into runs whose lengths are powers of two (at most [`MAX_ROWS`]), so every
+/// multi-row statement has one of ten shapes and stays in sqlx's statement cache.
+fn statement_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
+        let n = items.len();
         if n == 0 {
             return None;
         }
@@ -757,9 +736,36 @@ fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
         } else {
             1 << (usize::BITS - 1 - n.leading_zeros())
         };
-        n -= size;
-        Some(size)
+        let (chunk, rest) = items.split_at(size);
+        items = rest;
+        Some(chunk)
     })
+}
+
+/// The rows of `select(list)` for `scope` and every key in `keys`, where `list` is the
+/// statement's `IN` list of placeholders and `scope` binds its one `?` before the list; a
+/// statement per [`statement_chunks`] run.
+async fn select_in(
+    conn: &mut SqliteConnection,
+    scope: &str,
+    keys: &[&str],
+    select: impl Fn(&str) -> String,
+) -> KernelResult<Vec<SqliteRow>> {
+    let mut found = Vec::new();
+    for chunk in statement_chunks(keys) {
+        let sql = select(&rows(chunk.len(), "?"));
+        let mut query = sqlx::query(&sql).bind(scope);
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        found.extend(
+            query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(KernelError::storage)?,
+        );
+    }
+    Ok(found)
 }
 
 /// `count` copies of `row`, comma-separated.
@@ -775,28 +781,17 @@ async fn stored_versions(
 ) -> KernelResult<HashMap<String, u64>> {
     let unique = unique_keys(aggregate_keys);
     let mut found = HashMap::with_capacity(unique.len());
-    let mut rest = &unique[..];
-    for size in chunk_sizes(unique.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = format!(
+    let selected = select_in(conn, key, &unique, |list| {
+        format!(
             "SELECT aggregate_key, sequence FROM aggregate_versions \
-             WHERE projection = ? AND aggregate_key IN ({})",
-            rows(size, "?")
-        );
-        let mut query = sqlx::query(&sql).bind(key);
-        for aggregate_key in chunk {
-            query = query.bind(*aggregate_key);
-        }
-        for row in query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(KernelError::storage)?
-        {
-            let aggregate_key: String = row.try_get(0).map_err(KernelError::storage)?;
-            let sequence: i64 = row.try_get(1).map_err(KernelError::storage)?;
-            found.insert(aggregate_key, u64::try_from(sequence).unwrap_or(0));
-        }
+             WHERE projection = ? AND aggregate_key IN ({list})"
+        )
+    })
+    .await?;
+    for row in selected {
+        let aggregate_key: String = row.try_get(0).map_err(KernelError::storage)?;
+        let sequence: i64 = row.try_get(1).map_err(KernelError::storage)?;
+        found.insert(aggregate_key, u64::try_from(sequence).unwrap_or(0));
     }
     Ok(found)
 }
@@ -818,35 +813,24 @@ async fn parked_ranges(
         return Ok(found);
     }
     let unique = unique_keys(aggregate_keys);
-    let mut rest = &unique[..];
-    for size in chunk_sizes(unique.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = format!(
+    let selected = select_in(conn, key, &unique, |list| {
+        format!(
             "SELECT aggregate_key, MIN(sequence), MAX(sequence) FROM parked \
-             WHERE projection = ? AND aggregate_key IN ({}) GROUP BY aggregate_key",
-            rows(size, "?")
+             WHERE projection = ? AND aggregate_key IN ({list}) GROUP BY aggregate_key"
+        )
+    })
+    .await?;
+    for row in selected {
+        let aggregate_key: String = row.try_get(0).map_err(KernelError::storage)?;
+        let low: i64 = row.try_get(1).map_err(KernelError::storage)?;
+        let high: i64 = row.try_get(2).map_err(KernelError::storage)?;
+        found.insert(
+            aggregate_key,
+            (
+                u64::try_from(low).unwrap_or(0),
+                u64::try_from(high).unwrap_or(0),
+            ),
         );
-        let mut query = sqlx::query(&sql).bind(key);
-        for aggregate_key in chunk {
-            query = query.bind(*aggregate_key);
-        }
-        for row in query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(KernelError::storage)?
-        {
-            let aggregate_key: String = row.try_get(0).map_err(KernelError::storage)?;
-            let low: i64 = row.try_get(1).map_err(KernelError::storage)?;
-            let high: i64 = row.try_get(2).map_err(KernelError::storage)?;
-            found.insert(
-                aggregate_key,
-                (
-                    u64::try_from(low).unwrap_or(0),
-                    u64::try_from(high).unwrap_or(0),
-                ),
-            );
-        }
     }
     Ok(found)
 }
@@ -1153,14 +1137,11 @@ async fn write_versions(
     key: &str,
     versions: &AggregateVersions,
 ) -> KernelResult<()> {
-    let mut rest = &versions[..];
-    for size in chunk_sizes(versions.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
+    for chunk in statement_chunks(versions) {
         let sql = format!(
             "INSERT INTO aggregate_versions (projection, aggregate_key, sequence) VALUES {} \
              ON CONFLICT (projection, aggregate_key) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
-            rows(size, "(?, ?, ?)")
+            rows(chunk.len(), "(?, ?, ?)")
         );
         let mut query = sqlx::query(&sql);
         for (aggregate_key, sequence) in chunk {
@@ -1414,7 +1395,7 @@ async fn swap_generation_in(
     Ok(Some((row.active, row.collections)))
 }
 
-fn parked_from_row(row: &sqlx::sqlite::SqliteRow) -> KernelResult<ParkedEvent> {
+fn parked_from_row(row: &SqliteRow) -> KernelResult<ParkedEvent> {
     let sequence: i64 = row.try_get(2).map_err(KernelError::storage)?;
     let position: i64 = row.try_get(3).map_err(KernelError::storage)?;
     let envelope: String = row.try_get(6).map_err(KernelError::storage)?;
