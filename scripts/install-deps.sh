@@ -7,6 +7,8 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# benches/compare links the system's libzstd rather than compiling zstd's C source.
+[ -f /usr/include/zstd.h ] || need_apt+=(libzstd-dev)
 [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 command -v mariadb >/dev/null || need_apt+=(mariadb-client)
 command -v redis-server >/dev/null || need_apt+=(redis-server)

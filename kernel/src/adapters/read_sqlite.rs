@@ -341,7 +341,8 @@ impl SqliteReadStore {
         // Several processes (read-api, projectors, replay) may open one file at once, and
         // sqlx has no migration lock for SQLite: the loser of a race fails on the version
         // the winner recorded, and a second run then finds every migration applied.
-        let migrator = sqlx::migrate!("../migrations/read-sqlite");
+        let migrator =
+            super::sql::migrations::migrator(super::sql::migrations::READ_SQLITE).await?;
         let mut attempt = 0;
         loop {
             match migrator.run(&self.writer).await {

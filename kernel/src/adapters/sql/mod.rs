@@ -30,6 +30,7 @@
 //! Data keys: a key id is either a bare aggregate id or `"{aggregate_type}/{aggregate_id}"`;
 //! the aggregate id (after the first `/`) is stored beside it for `key_ids_for`.
 
+pub(crate) mod migrations;
 pub mod mysql;
 pub mod sqlite;
 
@@ -39,6 +40,7 @@ pub use sqlite::SqliteEventStore;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -175,7 +177,7 @@ const MAX_REQUEST_HASH: usize = 64;
 
 /// One `events` row as both backends return it. Text columns are read as bytes: MySQL flags
 /// binary-collated (`utf8mb4_bin`) columns as BINARY, which sqlx refuses to decode as `String`.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct EventRow {
     position: i64,
     aggregate_type: Vec<u8>,
@@ -189,6 +191,31 @@ struct EventRow {
     actor: Option<Vec<u8>>,
     recorded_at: i64,
     payload: Vec<u8>,
+}
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for EventRow
+where
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(EventRow {
+            position: row.try_get("position")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            event_id: row.try_get("event_id")?,
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            actor: row.try_get("actor")?,
+            recorded_at: row.try_get("recorded_at")?,
+            payload: row.try_get("payload")?,
+        })
+    }
 }
 
 impl TryFrom<EventRow> for StoredEvent {
@@ -217,8 +244,6 @@ fn text(bytes: Vec<u8>) -> KernelResult<String> {
     String::from_utf8(bytes).map_err(|e| KernelError::Storage(format!("stored text: {e}")))
 }
 
-/// Splits a stream's events into INSERT statements of at most [`INSERT_CHUNK_ROWS`] rows and
-/// about [`INSERT_CHUNK_BYTES`] of payload; never an empty chunk.
 /// A stream's events as rows, with their sequences.
 fn rows_of<'a>(
     batch: &'a AppendBatch,
@@ -236,7 +261,8 @@ fn rows_of<'a>(
         })
 }
 
-/// Rows split into INSERT statements by [`INSERT_CHUNK_ROWS`] and [`INSERT_CHUNK_BYTES`].
+/// Rows split into INSERT statements of at most [`INSERT_CHUNK_ROWS`] rows and about
+/// [`INSERT_CHUNK_BYTES`] of payload; never an empty chunk.
 fn chunk_rows<'a>(rows: impl Iterator<Item = GroupRow<'a>>) -> Vec<Vec<GroupRow<'a>>> {
     let mut chunks: Vec<Vec<GroupRow<'a>>> = Vec::new();
     let mut bytes = 0;
@@ -254,6 +280,52 @@ fn chunk_rows<'a>(rows: impl Iterator<Item = GroupRow<'a>>) -> Vec<Vec<GroupRow<
         bytes += len;
     }
     chunks
+}
+
+/// Expected sequences the table must confirm per statement (three binds each).
+const CHECK_CHUNK_STREAMS: usize = 500;
+
+/// The streams of a batch whose expected sequence the events table must confirm: each one
+/// with events and an `expected_sequence` above 0, unless an earlier stream of the same
+/// aggregate in the batch comes first, which it must then continue exactly (its rows are not
+/// in the table yet). A stream that does not is a conflict.
+fn streams_to_check(batch: &AppendBatch) -> KernelResult<Vec<&StreamAppend>> {
+    let mut next: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut checks = Vec::new();
+    for s in batch.streams.iter().filter(|s| !s.events.is_empty()) {
+        let key = (s.aggregate_type.as_str(), s.aggregate_id.as_str());
+        match next.get(&key) {
+            Some(&continues) if continues != s.expected_sequence => {
+                return Err(conflict(
+                    &s.aggregate_type,
+                    &s.aggregate_id,
+                    s.expected_sequence,
+                ));
+            }
+            Some(_) => {}
+            None if s.expected_sequence > 0 => checks.push(s),
+            None => {}
+        }
+        next.insert(key, s.expected_sequence + s.events.len() as u64);
+    }
+    Ok(checks)
+}
+
+/// The conflict a rejected INSERT of `rows` stands for: the first of their streams that
+/// `taken` (the `(aggregate_type, aggregate_id)` of a row already stored under one of their
+/// sequences) names, else the first of them.
+fn conflict_of(rows: &[GroupRow<'_>], taken: Option<(String, String)>) -> KernelError {
+    let stream = taken
+        .and_then(|(aggregate_type, aggregate_id)| {
+            rows.iter()
+                .map(|r| r.stream)
+                .find(|s| s.aggregate_type == aggregate_type && s.aggregate_id == aggregate_id)
+        })
+        .or_else(|| rows.first().map(|r| r.stream));
+    match stream {
+        Some(s) => conflict(&s.aggregate_type, &s.aggregate_id, s.expected_sequence),
+        None => KernelError::storage("an empty INSERT was rejected"),
+    }
 }
 
 fn rows_to_events(rows: Vec<EventRow>) -> KernelResult<Vec<StoredEvent>> {
@@ -486,53 +558,45 @@ macro_rules! sql_event_store {
                 )
                 .await?;
 
+                // One check for the whole batch, then every stream's rows in multi-row
+                // INSERTs: a unit of work over hundreds of aggregates costs a few statements,
+                // not two per stream.
+                let checks = common::streams_to_check(batch)?;
+                if let Some(s) = Self::first_not_at_expected(&mut *conn, &checks)
+                    .await
+                    .map_err(|e| Self::write_error(e, batch))?
+                {
+                    // The unique index catches a stale sequence; this catches one that is
+                    // ahead of the stream, which would otherwise leave a hole.
+                    return Err(common::conflict(&s.aggregate_type, &s.aggregate_id, s.expected_sequence));
+                }
+                let chunks = common::chunk_rows(
+                    batch.streams.iter().flat_map(|s| common::rows_of(batch, s)),
+                );
                 let mut last_position: Option<u64> = None;
-                for s in &batch.streams {
-                    let expected = s.expected_sequence;
-                    if !s.events.is_empty() && expected > 0 {
-                        // The unique index catches a stale sequence; this catches one that is
-                        // ahead of the stream, which would otherwise leave a hole.
-                        let found: Option<i64> = sqlx::query_scalar(
-                            "SELECT sequence FROM events \
-                             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
-                        )
-                        .bind(&s.aggregate_type)
-                        .bind(&s.aggregate_id)
-                        .bind(common::to_i64(expected))
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(|e| Self::write_error(e, batch))?;
-                        if found.is_none() {
-                            return Err(common::conflict(&s.aggregate_type, &s.aggregate_id, expected));
-                        }
-                    }
-
-                    for chunk in common::chunk_rows(common::rows_of(batch, s)) {
-                        let result = match Self::event_insert(&chunk).build().execute(&mut *conn).await {
-                            Ok(result) => result,
-                            Err(e) if common::is_unique_violation(&e) => {
-                                if common::is_event_id_violation(&e) {
-                                    return Err(KernelError::Rejected(
-                                        $crate::domain::DomainError::AlreadyExists(
-                                            "an event id of this batch".into(),
-                                        ),
-                                    ));
-                                }
-                                return Err(common::conflict(
-                                    &s.aggregate_type,
-                                    &s.aggregate_id,
-                                    expected,
+                for (index, chunk) in chunks.iter().enumerate() {
+                    let result = match Self::event_insert(chunk).build().execute(&mut *conn).await {
+                        Ok(result) => result,
+                        Err(e) if common::is_unique_violation(&e) => {
+                            if common::is_event_id_violation(&e) {
+                                return Err(KernelError::Rejected(
+                                    $crate::domain::DomainError::AlreadyExists(
+                                        "an event id of this batch".into(),
+                                    ),
                                 ));
                             }
-                            Err(e) => return Err(Self::write_error(e, batch)),
-                        };
+                            let taken = Self::stream_of_taken_row(&mut *conn, chunk).await?;
+                            return Err(common::conflict_of(chunk, taken));
+                        }
+                        Err(e) => return Err(Self::write_error(e, batch)),
+                    };
+                    if index + 1 == chunks.len() {
                         let last_event_id = chunk.last().map(|r| r.event.event_id).unwrap_or_default();
                         last_position = Some(
                             Self::last_position(&mut *conn, &result, chunk.len(), last_event_id)
                                 .await?,
                         );
                     }
-
                 }
                 let streams = common::committed_streams(batch);
 
@@ -673,6 +737,89 @@ macro_rules! sql_event_store {
                 }
             }
 
+            /// `(aggregate_type = ? AND aggregate_id = ? AND sequence = ?) OR ...`, one
+            /// term per `(aggregate_type, aggregate_id, sequence)`.
+            fn push_sequences<'q>(
+                query: &mut sqlx::QueryBuilder<'q, $db>,
+                sequences: impl Iterator<Item = (&'q str, &'q str, u64)>,
+            ) {
+                for (i, (aggregate_type, aggregate_id, sequence)) in sequences.enumerate() {
+                    if i > 0 {
+                        query.push(" OR ");
+                    }
+                    query
+                        .push("(aggregate_type = ")
+                        .push_bind(aggregate_type)
+                        .push(" AND aggregate_id = ")
+                        .push_bind(aggregate_id)
+                        .push(" AND sequence = ")
+                        .push_bind($crate::adapters::sql::to_i64(sequence))
+                        .push(")");
+                }
+            }
+
+            /// The first of `checks` whose expected sequence is not in the events table
+            /// (another writer is behind what this one saw, or the sequence is made up).
+            async fn first_not_at_expected<'s>(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                checks: &[&'s $crate::envelope::StreamAppend],
+            ) -> Result<Option<&'s $crate::envelope::StreamAppend>, sqlx::Error> {
+                for chunk in checks.chunks($crate::adapters::sql::CHECK_CHUNK_STREAMS) {
+                    let mut query = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT aggregate_type, aggregate_id, sequence FROM events WHERE ",
+                    );
+                    Self::push_sequences(
+                        &mut query,
+                        chunk.iter().map(|s| {
+                            (s.aggregate_type.as_str(), s.aggregate_id.as_str(), s.expected_sequence)
+                        }),
+                    );
+                    // Bytes: see `EventRow`.
+                    let found: Vec<(Vec<u8>, Vec<u8>, i64)> =
+                        query.build_query_as().fetch_all(&mut *conn).await?;
+                    let missing = chunk.iter().find(|s| {
+                        !found.iter().any(|(aggregate_type, aggregate_id, sequence)| {
+                            aggregate_type.as_slice() == s.aggregate_type.as_bytes()
+                                && aggregate_id.as_slice() == s.aggregate_id.as_bytes()
+                                && *sequence == $crate::adapters::sql::to_i64(s.expected_sequence)
+                        })
+                    });
+                    if let Some(s) = missing {
+                        return Ok(Some(*s));
+                    }
+                }
+                Ok(None)
+            }
+
+            /// The stream of a row already stored under one of `rows`' sequences (their
+            /// INSERT hit the unique index: another writer got there first).
+            async fn stream_of_taken_row(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                rows: &[$crate::adapters::sql::GroupRow<'_>],
+            ) -> $crate::error::KernelResult<Option<(String, String)>> {
+                use $crate::adapters::sql as common;
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT aggregate_type, aggregate_id FROM events WHERE ",
+                );
+                Self::push_sequences(
+                    &mut query,
+                    rows.iter().map(|r| {
+                        (r.stream.aggregate_type.as_str(), r.stream.aggregate_id.as_str(), r.sequence)
+                    }),
+                );
+                query.push(" LIMIT 1");
+                let taken: Option<(Vec<u8>, Vec<u8>)> = query
+                    .build_query_as()
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err($crate::error::KernelError::storage)?;
+                taken
+                    .map(|(aggregate_type, aggregate_id)| {
+                        Ok((common::text(aggregate_type)?, common::text(aggregate_id)?))
+                    })
+                    .transpose()
+            }
+
             /// One multi-row INSERT of event rows.
             fn event_insert<'a>(
                 rows: &'a [$crate::adapters::sql::GroupRow<'a>],
@@ -810,29 +957,10 @@ macro_rules! sql_event_store {
                     .flat_map(|b| &b.streams)
                     .filter(|s| !s.events.is_empty() && s.expected_sequence > 0)
                     .collect();
-                if !checks.is_empty() {
-                    let mut query =
-                        sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM events WHERE ");
-                    for (i, s) in checks.iter().enumerate() {
-                        if i > 0 {
-                            query.push(" OR ");
-                        }
-                        query
-                            .push("(aggregate_type = ")
-                            .push_bind(s.aggregate_type.as_str())
-                            .push(" AND aggregate_id = ")
-                            .push_bind(s.aggregate_id.as_str())
-                            .push(" AND sequence = ")
-                            .push_bind(common::to_i64(s.expected_sequence))
-                            .push(")");
-                    }
-                    let found: i64 =
-                        query.build_query_scalar().fetch_one(&mut *conn).await.map_err(storage)?;
-                    if found != checks.len() as i64 {
-                        return Err(KernelError::storage(
-                            "a stream of the group is not at its expected sequence",
-                        ));
-                    }
+                if Self::first_not_at_expected(&mut *conn, &checks).await.map_err(storage)?.is_some() {
+                    return Err(KernelError::storage(
+                        "a stream of the group is not at its expected sequence",
+                    ));
                 }
 
                 for chunk in common::chunk_rows(batches.iter().flat_map(|b| {

@@ -102,7 +102,8 @@ impl MySqlEventStore {
 
     /// Applies `migrations/mysql`.
     pub async fn migrate(&self) -> KernelResult<()> {
-        sqlx::migrate!("../migrations/mysql")
+        super::migrations::migrator(super::migrations::MYSQL)
+            .await?
             .run(&self.pool)
             .await
             .map_err(KernelError::storage)

@@ -95,7 +95,8 @@ impl SqliteEventStore {
 
     /// Applies `migrations/sqlite`.
     pub async fn migrate(&self) -> KernelResult<()> {
-        sqlx::migrate!("../migrations/sqlite")
+        super::migrations::migrator(super::migrations::SQLITE)
+            .await?
             .run(&self.write)
             .await
             .map_err(KernelError::storage)
