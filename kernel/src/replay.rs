@@ -34,7 +34,7 @@ const STATUS_EVERY: Duration = Duration::from_millis(500);
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Events per read from the store at least: bigger batches fold more changes to the same
 /// documents into one write (see `ReadStore::apply_projected`).
-const REBUILD_BATCH: u32 = 10_000;
+const REBUILD_BATCH: u32 = 25_000;
 /// Batches read ahead of the one being decoded.
 const READ_AHEAD: usize = 2;
 
