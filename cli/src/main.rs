@@ -57,6 +57,12 @@ enum Command {
     /// Rebuild projections from the event store into a shadow copy, catch up with live
     /// writes, then swap it in atomically (as the `replay` binary does).
     Replay(projectors::replay::ReplayArgs),
+    /// Run the write API as its own process, exactly as the `write-api` binary does.
+    WriteApi,
+    /// Run the read API as its own process, exactly as the `read-api` binary does.
+    ReadApi,
+    /// Run a projection worker, exactly as the `projector` binary does.
+    Projector(projectors::worker::Args),
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -79,8 +85,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The process commands: one binary can run every process of the distributed topology.
+    let command = match cli.command {
+        Command::WriteApi => return runtime.block_on(write_api::main()),
+        Command::ReadApi => return runtime.block_on(read_api::main()),
+        Command::Projector(args) => return runtime.block_on(projectors::worker::main_with(args)),
+        command => command,
+    };
     runtime.block_on(process_main("quintet", |settings, shutdown| async move {
-        match cli.command {
+        match command {
             Command::Up => up(settings, shutdown).await,
             Command::Migrate => migrate(&settings).await,
             Command::Token {
@@ -102,6 +115,10 @@ fn main() -> ExitCode {
             Command::Replay(args) => projectors::replay::run(&settings, &args, shutdown.wait())
                 .await
                 .map(|_| ()),
+            // Matched above: each runs its own process_main.
+            Command::WriteApi | Command::ReadApi | Command::Projector(_) => {
+                Err("a process command reached the CLI's own process_main".into())
+            }
         }
     }))
 }
@@ -197,4 +214,28 @@ async fn quintet_specs() -> Result<Vec<(&'static str, String)>, String> {
     .await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_subcommands_take_their_binaries_arguments() {
+        let cli = Cli::try_parse_from(["quintet", "projector", "--projection", "memento"])
+            .expect("quintet projector");
+        match cli.command {
+            Command::Projector(args) => assert_eq!(args.projections, ["memento"]),
+            _ => panic!("not the projector command"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["quintet", "write-api"]).map(|cli| cli.command),
+            Ok(Command::WriteApi)
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["quintet", "read-api"]).map(|cli| cli.command),
+            Ok(Command::ReadApi)
+        ));
+        assert!(Cli::try_parse_from(["quintet", "write-api", "--projection", "x"]).is_err());
+    }
 }

@@ -898,7 +898,11 @@ pub struct Args {
 /// The `projector` process.
 pub async fn main() -> std::process::ExitCode {
     use clap::Parser;
-    let args = Args::parse();
+    main_with(Args::parse()).await
+}
+
+/// The process with its arguments already parsed (`quintet projector` parses them).
+pub async fn main_with(args: Args) -> std::process::ExitCode {
     let projections = match select(&args.projections, args.all) {
         Ok(projections) => projections,
         Err(err) => {

@@ -175,20 +175,22 @@ impl World {
         Settings::from_figment(figment).expect("bench settings")
     }
 
-    /// Starts one of the release binaries configured like this world.
-    fn spawn(&self, bin_dir: &Path, binary: &str, args: &[&str], log: &Path) -> Child {
+    /// Starts a process (`quintet <process> ...`: `projector`, `replay`, which run exactly as
+    /// their own binaries do) configured like this world.
+    fn spawn(&self, bin_dir: &Path, process: &str, args: &[&str], log: &Path) -> Child {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let mut command = Command::new(bin_dir.join(binary));
+        let mut command = Command::new(bin_dir.join("quintet"));
         command
+            .arg(process)
             .args(args)
             .env_remove("QUINTET_CONFIG")
             .stdin(Stdio::null())
             .stderr(file);
-        if binary == "replay" {
+        if process == "replay" {
             command.stdout(Stdio::piped());
         } else {
             command.stdout(Stdio::null());
@@ -201,9 +203,12 @@ impl World {
             };
             command.env(variable, text);
         }
-        command
-            .spawn()
-            .unwrap_or_else(|err| panic!("start {}: {err}", bin_dir.join(binary).display()))
+        command.spawn().unwrap_or_else(|err| {
+            panic!(
+                "start {} {process}: {err}",
+                bin_dir.join("quintet").display()
+            )
+        })
     }
 }
 
