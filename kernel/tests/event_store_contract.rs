@@ -315,6 +315,56 @@ mod scenarios {
         assert_eq!(store.head_position().await.expect("head"), head);
     }
 
+    /// A batch's streams are checked in one query and inserted together: two streams of one
+    /// aggregate must continue each other, and a stream ahead of its aggregate anywhere in a
+    /// wide batch fails the whole batch, named in the conflict.
+    pub async fn streams_of_a_batch_are_checked_together<S: Backend>(store: &Arc<S>) {
+        store
+            .append(batch(vec![stream("product", "p-2", 0, 1)]))
+            .await
+            .expect("append");
+        store
+            .append(batch(vec![
+                stream("product", "p-2", 1, 2),
+                stream("product", "p-2", 3, 1),
+            ]))
+            .await
+            .expect("two streams of p-2, the second continuing the first");
+        assert_eq!(store.stream_seq("product", "p-2").await.expect("seq"), 4);
+        let head = store.head_position().await.expect("head");
+
+        let err = store
+            .append(batch(vec![
+                stream("order", "o-9", 0, 1),
+                stream("product", "p-2", 4, 1),
+                stream("product", "p-2", 6, 1),
+            ]))
+            .await
+            .expect_err("the second stream of p-2 leaves a hole");
+        assert!(is_conflict_on(&err, "p-2"), "{err:?}");
+
+        let mut wide: Vec<StreamAppend> = (0..50)
+            .map(|i| stream("order", &format!("w-{i}"), 0, 1))
+            .collect();
+        wide[25] = stream("order", "w-25", 7, 1);
+        let err = store
+            .append(batch(wide))
+            .await
+            .expect_err("w-25 is ahead of its stream");
+        assert!(is_conflict_on(&err, "w-25"), "{err:?}");
+
+        let mut wide: Vec<StreamAppend> = (0..50)
+            .map(|i| stream("order", &format!("w-{i}"), 0, 1))
+            .collect();
+        wide[40] = stream("product", "p-2", 2, 1);
+        let err = store.append(batch(wide)).await.expect_err("p-2 is stale");
+        assert!(is_conflict_on(&err, "p-2"), "{err:?}");
+
+        assert_eq!(store.head_position().await.expect("head"), head);
+        assert_eq!(store.stream_seq("order", "o-9").await.expect("seq"), 0);
+        assert_eq!(store.stream_seq("order", "w-0").await.expect("seq"), 0);
+    }
+
     pub async fn concurrent_writers_get_contiguous_sequences<S: Backend>(store: &Arc<S>) {
         const WRITERS: usize = 16;
         let mut tasks = Vec::new();
@@ -939,6 +989,7 @@ contract!(
     large_stream_spans_insert_chunks,
     stale_expected_sequence_conflicts,
     multi_stream_batch_is_atomic,
+    streams_of_a_batch_are_checked_together,
     concurrent_writers_get_contiguous_sequences,
     concurrent_batches_get_their_own_answers,
     new_keys_commit_with_their_events,
