@@ -775,14 +775,21 @@ macro_rules! sql_event_store {
                         }),
                     );
                     // Bytes: see `EventRow`.
-                    let found: Vec<(Vec<u8>, Vec<u8>, i64)> =
+                    let rows: Vec<(Vec<u8>, Vec<u8>, i64)> =
                         query.build_query_as().fetch_all(&mut *conn).await?;
-                    let missing = chunk.iter().find(|s| {
-                        !found.iter().any(|(aggregate_type, aggregate_id, sequence)| {
-                            aggregate_type.as_slice() == s.aggregate_type.as_bytes()
-                                && aggregate_id.as_slice() == s.aggregate_id.as_bytes()
-                                && *sequence == $crate::adapters::sql::to_i64(s.expected_sequence)
+                    // A set: a chunk holds up to 500 streams, each looked up once.
+                    let found: std::collections::HashSet<(&[u8], &[u8], i64)> = rows
+                        .iter()
+                        .map(|(aggregate_type, aggregate_id, sequence)| {
+                            (aggregate_type.as_slice(), aggregate_id.as_slice(), *sequence)
                         })
+                        .collect();
+                    let missing = chunk.iter().find(|s| {
+                        !found.contains(&(
+                            s.aggregate_type.as_bytes(),
+                            s.aggregate_id.as_bytes(),
+                            $crate::adapters::sql::to_i64(s.expected_sequence),
+                        ))
                     });
                     if let Some(s) = missing {
                         return Ok(Some(*s));
