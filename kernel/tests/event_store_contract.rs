@@ -343,21 +343,23 @@ mod scenarios {
             .expect_err("the second stream of p-2 leaves a hole");
         assert!(is_conflict_on(&err, "p-2"), "{err:?}");
 
-        let mut wide: Vec<StreamAppend> = (0..50)
-            .map(|i| stream("order", &format!("w-{i}"), 0, 1))
-            .collect();
-        wide[25] = stream("order", "w-25", 7, 1);
+        // 50 new streams, one of them replaced by `odd`.
+        let wide = |at: usize, odd: StreamAppend| {
+            let mut streams: Vec<StreamAppend> = (0..50)
+                .map(|i| stream("order", &format!("w-{i}"), 0, 1))
+                .collect();
+            streams[at] = odd;
+            batch(streams)
+        };
         let err = store
-            .append(batch(wide))
+            .append(wide(25, stream("order", "w-25", 7, 1)))
             .await
             .expect_err("w-25 is ahead of its stream");
         assert!(is_conflict_on(&err, "w-25"), "{err:?}");
-
-        let mut wide: Vec<StreamAppend> = (0..50)
-            .map(|i| stream("order", &format!("w-{i}"), 0, 1))
-            .collect();
-        wide[40] = stream("product", "p-2", 2, 1);
-        let err = store.append(batch(wide)).await.expect_err("p-2 is stale");
+        let err = store
+            .append(wide(40, stream("product", "p-2", 2, 1)))
+            .await
+            .expect_err("p-2 is stale");
         assert!(is_conflict_on(&err, "p-2"), "{err:?}");
 
         assert_eq!(store.head_position().await.expect("head"), head);
